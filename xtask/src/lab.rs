@@ -1,0 +1,592 @@
+//! The guest lab: provision kernels, build static test binaries, pack an initramfs,
+//! boot QEMU, stream and judge the results.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Test names under a module called `mock` drive the kernel's mock IOMMU
+/// (CONFIG_IOMMUFD_TEST). On 6.12 the mock does not attach while an emulated VT-d is
+/// present, so there they run in a second boot without one.
+const MOCK_MARK: &str = "mock::";
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Command-line options of `vmtest` and `test`.
+#[derive(Debug, Default)]
+pub struct Options {
+    kernel: Option<String>,
+    kernel_selftests: bool,
+    shell: bool,
+    timeout: Option<u64>,
+    verbose: bool,
+    filters: Vec<String>,
+}
+
+impl Options {
+    pub fn parse(args: &[String]) -> Result<Options, String> {
+        let mut o = Options::default();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--kernel" => o.kernel = Some(it.next().ok_or("--kernel needs a value")?.clone()),
+                "--kernel-selftests" => o.kernel_selftests = true,
+                "--shell" => o.shell = true,
+                "--verbose" => o.verbose = true,
+                "--timeout" => {
+                    let v = it.next().ok_or("--timeout needs a value")?;
+                    o.timeout = Some(v.parse().map_err(|_| format!("bad --timeout {v}"))?);
+                }
+                f if f.starts_with("--") => return Err(format!("unknown option {f}")),
+                f => o.filters.push(f.to_string()),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Counts in cargo test's terms, summed over binaries and boots.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: Tally) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.ignored += o.ignored;
+    }
+    fn closing_line(&self, started: Instant) -> String {
+        format!(
+            "test result: {}. {} passed; {} failed; {} ignored; 0 measured; 0 filtered out; finished in {:.2}s",
+            if self.failed == 0 { "ok" } else { "FAILED" },
+            self.passed,
+            self.failed,
+            self.ignored,
+            started.elapsed().as_secs_f64()
+        )
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn lab_dir() -> PathBuf {
+    repo_root().join("xtask/lab")
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let st = cmd.status().map_err(|e| format!("{what}: {e}"))?;
+    if st.success() { Ok(()) } else { Err(format!("{what} failed ({st})")) }
+}
+
+/// Installs QEMU, busybox-static and cpio from Debian's packages if missing.
+fn ensure_host_tools() -> Result<(), String> {
+    let mut missing = Vec::new();
+    if which("qemu-system-x86_64").is_none() {
+        missing.push("qemu-system-x86");
+    }
+    if !Path::new("/bin/busybox").exists() || !is_static("/bin/busybox") {
+        missing.push("busybox-static");
+    }
+    if which("cpio").is_none() {
+        missing.push("cpio");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run_checked(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+    )
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.exists())
+}
+
+fn is_static(path: &str) -> bool {
+    Command::new("file")
+        .arg(path)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
+        .unwrap_or(true)
+}
+
+/// A kernel to boot: where its artifacts are, and which series it belongs to.
+#[derive(Debug, Clone)]
+struct Kernel {
+    series: String,
+    dir: PathBuf,
+}
+
+fn provision_kernel(series: &str) -> Result<Kernel, String> {
+    if Path::new(series).is_file() {
+        let dir = Path::new(series).parent().map(Path::to_path_buf).unwrap_or_default();
+        return Ok(Kernel { series: "custom".into(), dir });
+    }
+    eprintln!("xtask: provisioning the {series} kernel (cached after the first build)");
+    let out = Command::new(lab_dir().join("kernel.sh"))
+        .arg(series)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("kernel.sh {series}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("kernel.sh {series} failed ({})", out.status));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = stdout.lines().last().ok_or("kernel.sh printed nothing")?.trim();
+    Ok(Kernel { series: series.into(), dir: PathBuf::from(dir) })
+}
+
+/// A test executable and the lab tests in it selected for this run.
+#[derive(Debug)]
+struct TestBin {
+    path: PathBuf,
+    name: String,
+    tests: Vec<String>,
+}
+
+/// Builds every test target of the workspace statically for the guest and lists the
+/// lab tests (the `#[ignore]`d ones) each holds.
+fn build_guest_tests(filters: &[String]) -> Result<Vec<TestBin>, String> {
+    eprintln!("xtask: building static test binaries for the guest");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["test", "--workspace", "--all-features", "--no-run", "--message-format=json-render-diagnostics"])
+        .args(["--target", TARGET, "--exclude", "xtask"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cargo test --no-run: {e}"))?;
+    if !out.status.success() {
+        return Err("building the guest test binaries failed".into());
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+            continue;
+        }
+        let Some(exe) = v["executable"].as_str() else { continue };
+        let target = v["target"]["name"].as_str().unwrap_or("test");
+        let package = v["package_id"].as_str().unwrap_or("");
+        // "path+file:///.../crates/iommufd-uapi#0.1.0" -> "iommufd-uapi"
+        let pkg = package.rsplit('/').next().unwrap_or("").split('#').next().unwrap_or("");
+        let kind = v["target"]["kind"][0].as_str().unwrap_or("");
+        let name = if kind == "lib" { pkg.to_string() } else { format!("{pkg}-{target}") };
+        let mut list = Command::new(exe);
+        list.args(["--list", "--ignored", "--format", "terse"]).args(filters);
+        let listed = list.output().map_err(|e| format!("{exe} --list: {e}"))?;
+        let tests: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter_map(|l| l.strip_suffix(": test"))
+            .map(str::to_string)
+            .collect();
+        if !tests.is_empty() {
+            bins.push(TestBin { path: exe.into(), name, tests });
+        }
+    }
+    Ok(bins)
+}
+
+/// One boot of the guest: which kernel, with or without the emulated VT-d and its
+/// devices, and what to run.
+#[derive(Debug)]
+struct Boot {
+    label: String,
+    kernel: Kernel,
+    vtd: bool,
+    /// (name, executable on the host, guest command line after the executable)
+    programs: Vec<(String, PathBuf, String)>,
+}
+
+fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot> {
+    let mut boots = Vec::new();
+    for k in kernels {
+        if selftests {
+            let mut programs = Vec::new();
+            for t in ["iommufd", "iommufd_fail_nth"] {
+                programs.push((format!("selftest-{t}"), k.dir.join("selftests").join(t), String::new()));
+            }
+            boots.push(Boot { label: format!("{}-selftests", k.series), kernel: k.clone(), vtd: true, programs });
+            continue;
+        }
+        let split_mock = k.series == "6.12";
+        let mut main = Vec::new();
+        let mut mock = Vec::new();
+        for b in bins {
+            let (m, rest): (Vec<_>, Vec<_>) = b.tests.iter().partition(|t| split_mock && t.contains(MOCK_MARK));
+            for (list, tests) in [(&mut main, rest), (&mut mock, m)] {
+                if !tests.is_empty() {
+                    let names: Vec<&str> = tests.iter().map(|s| s.as_str()).collect();
+                    let args = format!("--ignored --test-threads=1 --exact {}", names.join(" "));
+                    list.push((b.name.clone(), b.path.clone(), args));
+                }
+            }
+        }
+        if !main.is_empty() {
+            boots.push(Boot { label: k.series.clone(), kernel: k.clone(), vtd: true, programs: main });
+        }
+        if !mock.is_empty() {
+            boots.push(Boot { label: format!("{}-mock", k.series), kernel: k.clone(), vtd: false, programs: mock });
+        }
+    }
+    boots
+}
+
+fn make_initramfs(boot: &Boot, dir: &Path) -> Result<PathBuf, String> {
+    let root = dir.join("root");
+    let _ = fs::remove_dir_all(&root);
+    for d in ["bin", "sbin", "lab/bin", "proc", "sys", "dev", "tmp"] {
+        fs::create_dir_all(root.join(d)).map_err(|e| format!("mkdir {d}: {e}"))?;
+    }
+    let copy = |from: &Path, to: &Path| fs::copy(from, to).map(|_| ()).map_err(|e| format!("copy {}: {e}", from.display()));
+    copy(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
+    copy(&lab_dir().join("init.sh"), &root.join("init"))?;
+    let mut plan = String::new();
+    for (name, exe, args) in &boot.programs {
+        let base = exe.file_name().and_then(|f| f.to_str()).ok_or("bad executable name")?;
+        let dest = root.join("lab/bin").join(base);
+        // Debug info is of no use in the guest and makes the initramfs several times larger.
+        let st = Command::new("objcopy").arg("--strip-debug").arg(exe).arg(&dest).status();
+        if !matches!(st, Ok(s) if s.success()) {
+            copy(exe, &dest)?;
+        }
+        plan.push_str(&format!("{name}\t/lab/bin/{base} {args}\n"));
+    }
+    fs::write(root.join("lab/plan"), plan).map_err(|e| format!("write plan: {e}"))?;
+    let image = dir.join("initramfs.cpio");
+    let cpio = format!("cd '{}' && find . | cpio -o -H newc --quiet > '{}'", root.display(), image.display());
+    run_checked(Command::new("sh").args(["-c", &cpio]), "cpio")?;
+    Ok(image)
+}
+
+fn qemu_command(boot: &Boot, initramfs: &Path, console: &Path, shell: bool) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-machine", "q35,kernel-irqchip=split", "-accel", "tcg", "-cpu", "max"]);
+    c.args(["-m", "2G", "-smp", "2", "-display", "none", "-no-reboot"]);
+    c.arg("-kernel").arg(boot.kernel.dir.join("bzImage"));
+    c.arg("-initrd").arg(initramfs);
+    let mut append = String::from("console=ttyS0 panic=-1 loglevel=6 rdinit=/init");
+    if boot.vtd {
+        append.push_str(" intel_iommu=on iommu=on");
+        // The IOMMU device must come before the PCI devices it translates for.
+        c.args(["-device", "intel-iommu,intremap=on,caching-mode=on"]);
+        // Two edu devices in IOMMU groups of their own, at fixed addresses.
+        c.args(["-device", "edu,addr=0x4", "-device", "edu,addr=0x5"]);
+        // A conventional PCI bus behind a PCIe-to-PCI bridge: everything on it shares one
+        // IOMMU group. An edu device beside a virtio-rng that keeps its kernel driver.
+        c.args(["-device", "pcie-pci-bridge,id=pbr,addr=0x6"]);
+        c.args(["-device", "edu,bus=pbr,addr=0x1", "-device", "virtio-rng-pci,bus=pbr,addr=0x2"]);
+    }
+    if shell {
+        append.push_str(" lab.shell=1");
+        c.args(["-serial", "mon:stdio"]);
+        c.arg("-serial").arg(format!("file:{}", console.with_extension("tests").display()));
+    } else {
+        c.args(["-monitor", "none"]);
+        c.arg("-serial").arg(format!("file:{}", console.display()));
+        c.args(["-serial", "stdio"]);
+    }
+    c.arg("-append").arg(append);
+    c
+}
+
+/// What one boot printed, judged.
+#[derive(Debug, Default)]
+struct BootResult {
+    tally: Tally,
+    status_ok: bool,
+    failures: Vec<String>,
+}
+
+/// Reads one line of guest output and updates the result.
+fn judge_line(line: &str, r: &mut BootResult, current: &mut Option<String>, counted: &mut bool) {
+    if let Some(name) = line.strip_prefix("@@lab begin ") {
+        *current = Some(name.to_string());
+        *counted = false;
+    } else if let Some(rest) = line.strip_prefix("@@lab end ") {
+        let rc = rest.rsplit("rc=").next().unwrap_or("1");
+        if rc != "0" {
+            r.failures.push(format!("{} exited with {rc}", rest.split(' ').next().unwrap_or(rest)));
+            if !*counted {
+                // Crashed before reporting anything: count the program as one failure.
+                r.tally.failed += 1;
+            }
+        }
+        *current = None;
+    } else if line == "@@lab status ok" {
+        r.status_ok = true;
+    } else if let Some(rest) = line.strip_prefix("test result: ") {
+        *counted = true;
+        r.tally.add(parse_libtest_result(rest));
+    } else if let Some(rest) = line.strip_prefix("# Totals: ") {
+        // kselftest harness: "# Totals: pass:241 fail:0 xfail:0 xpass:0 skip:5 error:0"
+        *counted = true;
+        let field = |k: &str| {
+            rest.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        r.tally.add(Tally {
+            passed: field("pass:") + field("xfail:"),
+            failed: field("fail:") + field("xpass:") + field("error:"),
+            ignored: field("skip:"),
+        });
+    } else if line.starts_with("test ") && line.ends_with(" ... FAILED") {
+        r.failures.push(format!("{}: {}", current.as_deref().unwrap_or("?"), line));
+    } else if line.starts_with("#          FAIL  ") || line.starts_with("not ok ") {
+        r.failures.push(format!("{}: {}", current.as_deref().unwrap_or("?"), line.trim_start_matches('#').trim()));
+    }
+}
+
+/// "ok. 3 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out; finished in 0.5s"
+fn parse_libtest_result(s: &str) -> Tally {
+    let mut t = Tally::default();
+    for part in s.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match what {
+            "passed" => t.passed = n,
+            "failed" => t.failed = n,
+            "ignored" => t.ignored = n,
+            _ => {}
+        }
+    }
+    t
+}
+
+fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
+    let dir = repo_root().join("target/lab").join(&boot.label);
+    fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let initramfs = make_initramfs(boot, &dir)?;
+    let console = dir.join("console.log");
+    let mut cmd = qemu_command(boot, &initramfs, &console, opts.shell);
+    let names: Vec<&str> = boot.programs.iter().map(|p| p.0.as_str()).collect();
+    eprintln!(
+        "xtask: booting {} ({}, {}) to run {}",
+        boot.label,
+        fs::read_to_string(boot.kernel.dir.join("version")).unwrap_or_default().trim(),
+        if boot.vtd { "emulated VT-d + edu devices" } else { "no vIOMMU: kernel mock IOMMU" },
+        names.join(", ")
+    );
+    if opts.shell {
+        let st = cmd.status().map_err(|e| format!("qemu: {e}"))?;
+        let tests = fs::read_to_string(console.with_extension("tests")).unwrap_or_default();
+        let mut r = BootResult::default();
+        let (mut cur, mut counted) = (None, false);
+        tests.lines().for_each(|l| judge_line(l, &mut r, &mut cur, &mut counted));
+        eprintln!("xtask: qemu exited ({st}); test output is in {}", console.with_extension("tests").display());
+        return Ok(r);
+    }
+
+    let limit = Duration::from_secs(opts.timeout.unwrap_or(900));
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().map_err(|e| format!("qemu: {e}"))?;
+    let stdout = child.stdout.take().ok_or("qemu stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut r = BootResult::default();
+    let (mut cur, mut counted) = (None, false);
+    let mut out = std::io::stdout();
+    let mut timed_out = false;
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r');
+                let _ = writeln!(out, "{line}");
+                judge_line(line, &mut r, &mut cur, &mut counted);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                break;
+            }
+        }
+    }
+    if timed_out {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    if opts.verbose || !r.status_ok {
+        let log = fs::read_to_string(&console).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = if opts.verbose { 0 } else { lines.len().saturating_sub(40) };
+        eprintln!("---- guest kernel log ({}), {} ----", console.display(), if opts.verbose { "all" } else { "last 40 lines" });
+        lines[from..].iter().for_each(|l| eprintln!("{l}"));
+        eprintln!("----");
+    }
+    if timed_out {
+        r.failures.push(format!(
+            "{}: hard time limit of {} s reached; QEMU killed{}",
+            boot.label,
+            limit.as_secs(),
+            cur.map(|c| format!(" while running {c}")).unwrap_or_default()
+        ));
+        r.status_ok = false;
+    } else if !r.status_ok && r.failures.is_empty() {
+        r.failures.push(format!("{}: the guest never said \"@@lab status ok\" (crash or panic?)", boot.label));
+    }
+    if !r.status_ok && r.tally.failed == 0 {
+        r.tally.failed = 1;
+    }
+    eprintln!(
+        "xtask: {}: {} passed, {} failed, {} skipped in {:.1} s",
+        boot.label,
+        r.tally.passed,
+        r.tally.failed,
+        r.tally.ignored,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(r)
+}
+
+fn kernels_for(opts: &Options, default: &[&str]) -> Result<Vec<Kernel>, String> {
+    let wanted: Vec<String> = match opts.kernel.as_deref() {
+        None | Some("all") => default.iter().map(|s| s.to_string()).collect(),
+        Some(k) => vec![k.to_string()],
+    };
+    wanted.iter().map(|k| provision_kernel(k)).collect()
+}
+
+fn run_boots(boots: &[Boot], opts: &Options, total: &mut Tally, failures: &mut Vec<String>) -> Result<(), String> {
+    if boots.is_empty() {
+        return Err("nothing to run: no lab test matched".into());
+    }
+    for b in boots {
+        let r = run_boot(b, opts)?;
+        total.add(r.tally);
+        failures.extend(r.failures);
+    }
+    Ok(())
+}
+
+fn report(total: Tally, failures: &[String], started: Instant) -> bool {
+    if !failures.is_empty() {
+        println!("\nfailures:");
+        failures.iter().for_each(|f| println!("    {f}"));
+    }
+    println!("\n{}", total.closing_line(started));
+    total.failed == 0 && failures.is_empty()
+}
+
+/// Collects what a vmtest run does, without the closing line.
+fn vmtest_into(opts: &Options, total: &mut Tally, failures: &mut Vec<String>) -> Result<(), String> {
+    ensure_host_tools()?;
+    if opts.kernel_selftests {
+        let kernels = kernels_for(opts, &["7"])?;
+        if let Some(k) = kernels.iter().find(|k| !k.dir.join("selftests").is_dir()) {
+            return Err(format!("no kernel selftests were built for the {} kernel", k.series));
+        }
+        return run_boots(&plan_boots(&kernels, &[], true), opts, total, failures);
+    }
+    let bins = build_guest_tests(&opts.filters)?;
+    let mut by_name = BTreeMap::new();
+    for b in &bins {
+        by_name.insert(b.name.clone(), b.tests.len());
+    }
+    eprintln!("xtask: lab tests selected: {by_name:?}");
+    let kernels = kernels_for(opts, &["7", "6.12"])?;
+    run_boots(&plan_boots(&kernels, &bins, false), opts, total, failures)
+}
+
+/// `cargo xtask vmtest`.
+pub fn vmtest(opts: &Options) -> Result<bool, String> {
+    let started = Instant::now();
+    let (mut total, mut failures) = (Tally::default(), Vec::new());
+    vmtest_into(opts, &mut total, &mut failures)?;
+    Ok(report(total, &failures, started))
+}
+
+/// `cargo xtask test`: host tests, the lab on both kernels, the kernel's selftests.
+pub fn test_all(opts: &Options) -> Result<bool, String> {
+    let started = Instant::now();
+    let (mut total, mut failures) = (Tally::default(), Vec::new());
+
+    eprintln!("xtask: host tests (cargo test --workspace --all-features)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["test", "--workspace", "--all-features"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cargo test: {e}"))?;
+    let stdout = child.stdout.take().ok_or("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            total.add(parse_libtest_result(rest));
+        } else if line.starts_with("test ") && line.ends_with(" ... FAILED") {
+            failures.push(format!("host: {line}"));
+        }
+    }
+    let st = child.wait().map_err(|e| format!("cargo test: {e}"))?;
+    if !st.success() {
+        failures.push(format!("host: cargo test exited with {st}"));
+    }
+
+    let lab = Options { kernel_selftests: false, ..Options::parse(&[])? };
+    let lab = Options { timeout: opts.timeout, ..lab };
+    vmtest_into(&lab, &mut total, &mut failures)?;
+    let selftests = Options { kernel_selftests: true, timeout: opts.timeout, ..Options::parse(&[])? };
+    vmtest_into(&selftests, &mut total, &mut failures)?;
+    Ok(report(total, &failures, started))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_result_line() {
+        let t = parse_libtest_result("ok. 3 passed; 1 failed; 2 ignored; 0 measured; 5 filtered out; finished in 0.52s");
+        assert_eq!((t.passed, t.failed, t.ignored), (3, 1, 2));
+    }
+
+    #[test]
+    fn kselftest_totals_and_crash_accounting() {
+        let mut r = BootResult::default();
+        let (mut cur, mut counted) = (None, false);
+        for l in [
+            "@@lab begin selftest-iommufd",
+            "# Totals: pass:241 fail:0 xfail:0 xpass:0 skip:5 error:0",
+            "@@lab end selftest-iommufd rc=0",
+            "@@lab begin crashy",
+            "@@lab end crashy rc=139",
+        ] {
+            judge_line(l, &mut r, &mut cur, &mut counted);
+        }
+        assert_eq!((r.tally.passed, r.tally.failed, r.tally.ignored), (241, 1, 5));
+        assert!(!r.status_ok);
+        assert_eq!(r.failures, vec!["crashy exited with 139".to_string()]);
+    }
+}

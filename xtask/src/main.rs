@@ -1,0 +1,52 @@
+//! `cargo xtask`: the project's developer tasks.
+//!
+//! - `cargo xtask vmtest`: run the crates' kernel tests inside the guest lab (a Linux
+//!   kernel built from Debian's source package, booted under QEMU with an emulated
+//!   VT-d IOMMU and `edu` PCI devices).
+//! - `cargo xtask test`: everything: host tests, then the guest lab on both kernels,
+//!   then the kernel's own iommufd selftests; closes with one cargo-style result line.
+//!
+//! Run `cargo xtask help` for the options.
+
+mod lab;
+
+use std::process::ExitCode;
+
+fn usage() -> &'static str {
+    "usage:
+  cargo xtask test [--timeout SECS]
+      host tests (cargo test --workspace), then vmtest on both kernels, then the
+      kernel's own iommufd selftests; one closing result line
+  cargo xtask vmtest [OPTIONS] [FILTER...]
+      run the crates' guest tests (the #[ignore]d ones marked for the lab) in QEMU
+      --kernel K           7 (newest linux-source-7.*), 6.12, all (default), or a bzImage path
+      --kernel-selftests   run the kernel's own iommufd selftests (7.x) instead
+      --shell              keep a shell open on the guest console after the tests
+      --timeout SECS       hard limit per boot (default 900)
+      --verbose            print the guest kernel log after each boot
+      FILTER               run only tests whose name contains FILTER (as cargo test)
+
+environment: IOMMUFD_LAB_CACHE (default ~/.cache/iommufd-lab) holds kernel sources
+and built kernels, outside the checkout."
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("vmtest") => lab::Options::parse(&args[1..]).and_then(|o| lab::vmtest(&o)),
+        Some("test") => lab::Options::parse(&args[1..]).and_then(|o| lab::test_all(&o)),
+        Some("help" | "-h" | "--help") | None => {
+            println!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(format!("unknown task '{other}'\n{}", usage())),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
