@@ -68,7 +68,6 @@ gen() {
 gen "$shim/linux/iommufd.h" "$crate/src/iommufd.rs" "include/uapi/linux/iommufd.h" \
     --allowlist-file '.*/linux/iommufd\.h' --allowlist-type '__u(8|16|32|64)|__s32|__aligned_u64|__le64'
 gen "$shim/iommufd_test.h" "$crate/src/iommufd_test.rs" "drivers/iommu/iommufd/iommufd_test.h" \
-    --allowlist-file '.*/iommufd_test\.h' --blocklist-file '.*/linux/.*' --blocklist-file '.*/asm.*' \
-    --raw-line 'use crate::iommufd::*;'
+    --allowlist-file '.*/iommufd_test\.h'
 echo "$version" > "$crate/src/KERNEL_VERSION"
 echo "generated from Linux $version: $crate/src/iommufd.rs, $crate/src/iommufd_test.rs" >&2

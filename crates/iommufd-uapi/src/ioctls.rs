@@ -92,17 +92,33 @@ mod tests {
             ("IOMMU_VFIO_IOAS", IOMMU_VFIO_IOAS, 0x3b88),
             ("IOMMU_HWPT_ALLOC", IOMMU_HWPT_ALLOC, 0x3b89),
             ("IOMMU_GET_HW_INFO", IOMMU_GET_HW_INFO, 0x3b8a),
-            ("IOMMU_HWPT_SET_DIRTY_TRACKING", IOMMU_HWPT_SET_DIRTY_TRACKING, 0x3b8b),
-            ("IOMMU_HWPT_GET_DIRTY_BITMAP", IOMMU_HWPT_GET_DIRTY_BITMAP, 0x3b8c),
+            (
+                "IOMMU_HWPT_SET_DIRTY_TRACKING",
+                IOMMU_HWPT_SET_DIRTY_TRACKING,
+                0x3b8b,
+            ),
+            (
+                "IOMMU_HWPT_GET_DIRTY_BITMAP",
+                IOMMU_HWPT_GET_DIRTY_BITMAP,
+                0x3b8c,
+            ),
             ("IOMMU_HWPT_INVALIDATE", IOMMU_HWPT_INVALIDATE, 0x3b8d),
             ("IOMMU_FAULT_QUEUE_ALLOC", IOMMU_FAULT_QUEUE_ALLOC, 0x3b8e),
             ("IOMMU_IOAS_MAP_FILE", IOMMU_IOAS_MAP_FILE, 0x3b8f),
             ("IOMMU_VIOMMU_ALLOC", IOMMU_VIOMMU_ALLOC, 0x3b90),
             ("IOMMU_VDEVICE_ALLOC", IOMMU_VDEVICE_ALLOC, 0x3b91),
-            ("IOMMU_IOAS_CHANGE_PROCESS", IOMMU_IOAS_CHANGE_PROCESS, 0x3b92),
+            (
+                "IOMMU_IOAS_CHANGE_PROCESS",
+                IOMMU_IOAS_CHANGE_PROCESS,
+                0x3b92,
+            ),
             ("IOMMU_VEVENTQ_ALLOC", IOMMU_VEVENTQ_ALLOC, 0x3b93),
             ("IOMMU_HW_QUEUE_ALLOC", IOMMU_HW_QUEUE_ALLOC, 0x3b94),
-            ("IOMMU_IOAS_NOIOMMU_GET_PA", IOMMU_IOAS_NOIOMMU_GET_PA, 0x3b95),
+            (
+                "IOMMU_IOAS_NOIOMMU_GET_PA",
+                IOMMU_IOAS_NOIOMMU_GET_PA,
+                0x3b95,
+            ),
             ("IOMMU_TEST_CMD", IOMMU_TEST_CMD, 0x3ba0),
         ];
         for (name, got, want) in pinned {
