@@ -75,7 +75,10 @@ impl Tally {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn lab_dir() -> PathBuf {
@@ -84,7 +87,11 @@ fn lab_dir() -> PathBuf {
 
 fn run_checked(cmd: &mut Command, what: &str) -> Result<(), String> {
     let st = cmd.status().map_err(|e| format!("{what}: {e}"))?;
-    if st.success() { Ok(()) } else { Err(format!("{what} failed ({st})")) }
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({st})"))
+    }
 }
 
 /// Installs QEMU, busybox-static and cpio from Debian's packages if missing.
@@ -103,7 +110,10 @@ fn ensure_host_tools() -> Result<(), String> {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    run_checked(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
+    run_checked(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    )?;
     run_checked(
         Command::new("apt-get")
             .args(["install", "-y", "-qq"])
@@ -138,8 +148,14 @@ struct Kernel {
 
 fn provision_kernel(series: &str) -> Result<Kernel, String> {
     if Path::new(series).is_file() {
-        let dir = Path::new(series).parent().map(Path::to_path_buf).unwrap_or_default();
-        return Ok(Kernel { series: "custom".into(), dir });
+        let dir = Path::new(series)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        return Ok(Kernel {
+            series: "custom".into(),
+            dir,
+        });
     }
     eprintln!("xtask: provisioning the {series} kernel (cached after the first build)");
     let out = Command::new(lab_dir().join("kernel.sh"))
@@ -151,8 +167,15 @@ fn provision_kernel(series: &str) -> Result<Kernel, String> {
         return Err(format!("kernel.sh {series} failed ({})", out.status));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let dir = stdout.lines().last().ok_or("kernel.sh printed nothing")?.trim();
-    Ok(Kernel { series: series.into(), dir: PathBuf::from(dir) })
+    let dir = stdout
+        .lines()
+        .last()
+        .ok_or("kernel.sh printed nothing")?
+        .trim();
+    Ok(Kernel {
+        series: series.into(),
+        dir: PathBuf::from(dir),
+    })
 }
 
 /// A test executable and the lab tests in it selected for this run.
@@ -170,7 +193,13 @@ fn build_guest_tests(filters: &[String]) -> Result<Vec<TestBin>, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(repo_root())
-        .args(["test", "--workspace", "--all-features", "--no-run", "--message-format=json-render-diagnostics"])
+        .args([
+            "test",
+            "--workspace",
+            "--all-features",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
         .args(["--target", TARGET, "--exclude", "xtask"])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .stderr(Stdio::inherit())
@@ -181,19 +210,34 @@ fn build_guest_tests(filters: &[String]) -> Result<Vec<TestBin>, String> {
     }
     let mut bins = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
             continue;
         }
-        let Some(exe) = v["executable"].as_str() else { continue };
+        let Some(exe) = v["executable"].as_str() else {
+            continue;
+        };
         let target = v["target"]["name"].as_str().unwrap_or("test");
         let package = v["package_id"].as_str().unwrap_or("");
         // "path+file:///.../crates/iommufd-uapi#0.1.0" -> "iommufd-uapi"
-        let pkg = package.rsplit('/').next().unwrap_or("").split('#').next().unwrap_or("");
+        let pkg = package
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .split('#')
+            .next()
+            .unwrap_or("");
         let kind = v["target"]["kind"][0].as_str().unwrap_or("");
-        let name = if kind == "lib" { pkg.to_string() } else { format!("{pkg}-{target}") };
+        let name = if kind == "lib" {
+            pkg.to_string()
+        } else {
+            format!("{pkg}-{target}")
+        };
         let mut list = Command::new(exe);
-        list.args(["--list", "--ignored", "--format", "terse"]).args(filters);
+        list.args(["--list", "--ignored", "--format", "terse"])
+            .args(filters);
         let listed = list.output().map_err(|e| format!("{exe} --list: {e}"))?;
         let tests: Vec<String> = String::from_utf8_lossy(&listed.stdout)
             .lines()
@@ -201,7 +245,11 @@ fn build_guest_tests(filters: &[String]) -> Result<Vec<TestBin>, String> {
             .map(str::to_string)
             .collect();
         if !tests.is_empty() {
-            bins.push(TestBin { path: exe.into(), name, tests });
+            bins.push(TestBin {
+                path: exe.into(),
+                name,
+                tests,
+            });
         }
     }
     Ok(bins)
@@ -224,16 +272,28 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
         if selftests {
             let mut programs = Vec::new();
             for t in ["iommufd", "iommufd_fail_nth"] {
-                programs.push((format!("selftest-{t}"), k.dir.join("selftests").join(t), String::new()));
+                programs.push((
+                    format!("selftest-{t}"),
+                    k.dir.join("selftests").join(t),
+                    String::new(),
+                ));
             }
-            boots.push(Boot { label: format!("{}-selftests", k.series), kernel: k.clone(), vtd: true, programs });
+            boots.push(Boot {
+                label: format!("{}-selftests", k.series),
+                kernel: k.clone(),
+                vtd: true,
+                programs,
+            });
             continue;
         }
         let split_mock = k.series == "6.12";
         let mut main = Vec::new();
         let mut mock = Vec::new();
         for b in bins {
-            let (m, rest): (Vec<_>, Vec<_>) = b.tests.iter().partition(|t| split_mock && t.contains(MOCK_MARK));
+            let (m, rest): (Vec<_>, Vec<_>) = b
+                .tests
+                .iter()
+                .partition(|t| split_mock && t.contains(MOCK_MARK));
             for (list, tests) in [(&mut main, rest), (&mut mock, m)] {
                 if !tests.is_empty() {
                     let names: Vec<&str> = tests.iter().map(|s| s.as_str()).collect();
@@ -243,10 +303,20 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
             }
         }
         if !main.is_empty() {
-            boots.push(Boot { label: k.series.clone(), kernel: k.clone(), vtd: true, programs: main });
+            boots.push(Boot {
+                label: k.series.clone(),
+                kernel: k.clone(),
+                vtd: true,
+                programs: main,
+            });
         }
         if !mock.is_empty() {
-            boots.push(Boot { label: format!("{}-mock", k.series), kernel: k.clone(), vtd: false, programs: mock });
+            boots.push(Boot {
+                label: format!("{}-mock", k.series),
+                kernel: k.clone(),
+                vtd: false,
+                programs: mock,
+            });
         }
     }
     boots
@@ -258,15 +328,26 @@ fn make_initramfs(boot: &Boot, dir: &Path) -> Result<PathBuf, String> {
     for d in ["bin", "sbin", "lab/bin", "proc", "sys", "dev", "tmp"] {
         fs::create_dir_all(root.join(d)).map_err(|e| format!("mkdir {d}: {e}"))?;
     }
-    let copy = |from: &Path, to: &Path| fs::copy(from, to).map(|_| ()).map_err(|e| format!("copy {}: {e}", from.display()));
+    let copy = |from: &Path, to: &Path| {
+        fs::copy(from, to)
+            .map(|_| ())
+            .map_err(|e| format!("copy {}: {e}", from.display()))
+    };
     copy(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
     copy(&lab_dir().join("init.sh"), &root.join("init"))?;
     let mut plan = String::new();
     for (name, exe, args) in &boot.programs {
-        let base = exe.file_name().and_then(|f| f.to_str()).ok_or("bad executable name")?;
+        let base = exe
+            .file_name()
+            .and_then(|f| f.to_str())
+            .ok_or("bad executable name")?;
         let dest = root.join("lab/bin").join(base);
         // Debug info is of no use in the guest and makes the initramfs several times larger.
-        let st = Command::new("objcopy").arg("--strip-debug").arg(exe).arg(&dest).status();
+        let st = Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(exe)
+            .arg(&dest)
+            .status();
         if !matches!(st, Ok(s) if s.success()) {
             copy(exe, &dest)?;
         }
@@ -274,14 +355,25 @@ fn make_initramfs(boot: &Boot, dir: &Path) -> Result<PathBuf, String> {
     }
     fs::write(root.join("lab/plan"), plan).map_err(|e| format!("write plan: {e}"))?;
     let image = dir.join("initramfs.cpio");
-    let cpio = format!("cd '{}' && find . | cpio -o -H newc --quiet > '{}'", root.display(), image.display());
+    let cpio = format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
+        root.display(),
+        image.display()
+    );
     run_checked(Command::new("sh").args(["-c", &cpio]), "cpio")?;
     Ok(image)
 }
 
 fn qemu_command(boot: &Boot, initramfs: &Path, console: &Path, shell: bool) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-machine", "q35,kernel-irqchip=split", "-accel", "tcg", "-cpu", "max"]);
+    c.args([
+        "-machine",
+        "q35,kernel-irqchip=split",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+    ]);
     c.args(["-m", "2G", "-smp", "2", "-display", "none", "-no-reboot"]);
     c.arg("-kernel").arg(boot.kernel.dir.join("bzImage"));
     c.arg("-initrd").arg(initramfs);
@@ -295,12 +387,20 @@ fn qemu_command(boot: &Boot, initramfs: &Path, console: &Path, shell: bool) -> C
         // A conventional PCI bus behind a PCIe-to-PCI bridge: everything on it shares one
         // IOMMU group. An edu device beside a virtio-rng that keeps its kernel driver.
         c.args(["-device", "pcie-pci-bridge,id=pbr,addr=0x6"]);
-        c.args(["-device", "edu,bus=pbr,addr=0x1", "-device", "virtio-rng-pci,bus=pbr,addr=0x2"]);
+        c.args([
+            "-device",
+            "edu,bus=pbr,addr=0x1",
+            "-device",
+            "virtio-rng-pci,bus=pbr,addr=0x2",
+        ]);
     }
     if shell {
         append.push_str(" lab.shell=1");
         c.args(["-serial", "mon:stdio"]);
-        c.arg("-serial").arg(format!("file:{}", console.with_extension("tests").display()));
+        c.arg("-serial").arg(format!(
+            "file:{}",
+            console.with_extension("tests").display()
+        ));
     } else {
         c.args(["-monitor", "none"]);
         c.arg("-serial").arg(format!("file:{}", console.display()));
@@ -326,7 +426,10 @@ fn judge_line(line: &str, r: &mut BootResult, current: &mut Option<String>, coun
     } else if let Some(rest) = line.strip_prefix("@@lab end ") {
         let rc = rest.rsplit("rc=").next().unwrap_or("1");
         if rc != "0" {
-            r.failures.push(format!("{} exited with {rc}", rest.split(' ').next().unwrap_or(rest)));
+            r.failures.push(format!(
+                "{} exited with {rc}",
+                rest.split(' ').next().unwrap_or(rest)
+            ));
             if !*counted {
                 // Crashed before reporting anything: count the program as one failure.
                 r.tally.failed += 1;
@@ -353,9 +456,14 @@ fn judge_line(line: &str, r: &mut BootResult, current: &mut Option<String>, coun
             ignored: field("skip:"),
         });
     } else if line.starts_with("test ") && line.ends_with(" ... FAILED") {
-        r.failures.push(format!("{}: {}", current.as_deref().unwrap_or("?"), line));
+        r.failures
+            .push(format!("{}: {}", current.as_deref().unwrap_or("?"), line));
     } else if line.starts_with("#          FAIL  ") || line.starts_with("not ok ") {
-        r.failures.push(format!("{}: {}", current.as_deref().unwrap_or("?"), line.trim_start_matches('#').trim()));
+        r.failures.push(format!(
+            "{}: {}",
+            current.as_deref().unwrap_or("?"),
+            line.trim_start_matches('#').trim()
+        ));
     }
 }
 
@@ -364,7 +472,9 @@ fn parse_libtest_result(s: &str) -> Tally {
     let mut t = Tally::default();
     for part in s.split(';') {
         let mut words = part.split_whitespace().rev();
-        let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+        let (Some(what), Some(n)) = (words.next(), words.next()) else {
+            continue;
+        };
         let Ok(n) = n.parse::<u64>() else { continue };
         match what {
             "passed" => t.passed = n,
@@ -386,8 +496,14 @@ fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
     eprintln!(
         "xtask: booting {} ({}, {}) to run {}",
         boot.label,
-        fs::read_to_string(boot.kernel.dir.join("version")).unwrap_or_default().trim(),
-        if boot.vtd { "emulated VT-d + edu devices" } else { "no vIOMMU: kernel mock IOMMU" },
+        fs::read_to_string(boot.kernel.dir.join("version"))
+            .unwrap_or_default()
+            .trim(),
+        if boot.vtd {
+            "emulated VT-d + edu devices"
+        } else {
+            "no vIOMMU: kernel mock IOMMU"
+        },
         names.join(", ")
     );
     if opts.shell {
@@ -395,13 +511,22 @@ fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
         let tests = fs::read_to_string(console.with_extension("tests")).unwrap_or_default();
         let mut r = BootResult::default();
         let (mut cur, mut counted) = (None, false);
-        tests.lines().for_each(|l| judge_line(l, &mut r, &mut cur, &mut counted));
-        eprintln!("xtask: qemu exited ({st}); test output is in {}", console.with_extension("tests").display());
+        tests
+            .lines()
+            .for_each(|l| judge_line(l, &mut r, &mut cur, &mut counted));
+        eprintln!(
+            "xtask: qemu exited ({st}); test output is in {}",
+            console.with_extension("tests").display()
+        );
         return Ok(r);
     }
 
     let limit = Duration::from_secs(opts.timeout.unwrap_or(900));
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().map_err(|e| format!("qemu: {e}"))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("qemu: {e}"))?;
     let stdout = child.stdout.take().ok_or("qemu stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -439,8 +564,16 @@ fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
     if opts.verbose || !r.status_ok {
         let log = fs::read_to_string(&console).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        let from = if opts.verbose { 0 } else { lines.len().saturating_sub(40) };
-        eprintln!("---- guest kernel log ({}), {} ----", console.display(), if opts.verbose { "all" } else { "last 40 lines" });
+        let from = if opts.verbose {
+            0
+        } else {
+            lines.len().saturating_sub(40)
+        };
+        eprintln!(
+            "---- guest kernel log ({}), {} ----",
+            console.display(),
+            if opts.verbose { "all" } else { "last 40 lines" }
+        );
         lines[from..].iter().for_each(|l| eprintln!("{l}"));
         eprintln!("----");
     }
@@ -449,11 +582,15 @@ fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
             "{}: hard time limit of {} s reached; QEMU killed{}",
             boot.label,
             limit.as_secs(),
-            cur.map(|c| format!(" while running {c}")).unwrap_or_default()
+            cur.map(|c| format!(" while running {c}"))
+                .unwrap_or_default()
         ));
         r.status_ok = false;
     } else if !r.status_ok && r.failures.is_empty() {
-        r.failures.push(format!("{}: the guest never said \"@@lab status ok\" (crash or panic?)", boot.label));
+        r.failures.push(format!(
+            "{}: the guest never said \"@@lab status ok\" (crash or panic?)",
+            boot.label
+        ));
     }
     if !r.status_ok && r.tally.failed == 0 {
         r.tally.failed = 1;
@@ -477,7 +614,12 @@ fn kernels_for(opts: &Options, default: &[&str]) -> Result<Vec<Kernel>, String> 
     wanted.iter().map(|k| provision_kernel(k)).collect()
 }
 
-fn run_boots(boots: &[Boot], opts: &Options, total: &mut Tally, failures: &mut Vec<String>) -> Result<(), String> {
+fn run_boots(
+    boots: &[Boot],
+    opts: &Options,
+    total: &mut Tally,
+    failures: &mut Vec<String>,
+) -> Result<(), String> {
     if boots.is_empty() {
         return Err("nothing to run: no lab test matched".into());
     }
@@ -499,12 +641,19 @@ fn report(total: Tally, failures: &[String], started: Instant) -> bool {
 }
 
 /// Collects what a vmtest run does, without the closing line.
-fn vmtest_into(opts: &Options, total: &mut Tally, failures: &mut Vec<String>) -> Result<(), String> {
+fn vmtest_into(
+    opts: &Options,
+    total: &mut Tally,
+    failures: &mut Vec<String>,
+) -> Result<(), String> {
     ensure_host_tools()?;
     if opts.kernel_selftests {
         let kernels = kernels_for(opts, &["7"])?;
         if let Some(k) = kernels.iter().find(|k| !k.dir.join("selftests").is_dir()) {
-            return Err(format!("no kernel selftests were built for the {} kernel", k.series));
+            return Err(format!(
+                "no kernel selftests were built for the {} kernel",
+                k.series
+            ));
         }
         return run_boots(&plan_boots(&kernels, &[], true), opts, total, failures);
     }
@@ -554,10 +703,20 @@ pub fn test_all(opts: &Options) -> Result<bool, String> {
         failures.push(format!("host: cargo test exited with {st}"));
     }
 
-    let lab = Options { kernel_selftests: false, ..Options::parse(&[])? };
-    let lab = Options { timeout: opts.timeout, ..lab };
+    let lab = Options {
+        kernel_selftests: false,
+        ..Options::parse(&[])?
+    };
+    let lab = Options {
+        timeout: opts.timeout,
+        ..lab
+    };
     vmtest_into(&lab, &mut total, &mut failures)?;
-    let selftests = Options { kernel_selftests: true, timeout: opts.timeout, ..Options::parse(&[])? };
+    let selftests = Options {
+        kernel_selftests: true,
+        timeout: opts.timeout,
+        ..Options::parse(&[])?
+    };
     vmtest_into(&selftests, &mut total, &mut failures)?;
     Ok(report(total, &failures, started))
 }
@@ -568,7 +727,9 @@ mod tests {
 
     #[test]
     fn libtest_result_line() {
-        let t = parse_libtest_result("ok. 3 passed; 1 failed; 2 ignored; 0 measured; 5 filtered out; finished in 0.52s");
+        let t = parse_libtest_result(
+            "ok. 3 passed; 1 failed; 2 ignored; 0 measured; 5 filtered out; finished in 0.52s",
+        );
         assert_eq!((t.passed, t.failed, t.ignored), (3, 1, 2));
     }
 
@@ -585,7 +746,10 @@ mod tests {
         ] {
             judge_line(l, &mut r, &mut cur, &mut counted);
         }
-        assert_eq!((r.tally.passed, r.tally.failed, r.tally.ignored), (241, 1, 5));
+        assert_eq!(
+            (r.tally.passed, r.tally.failed, r.tally.ignored),
+            (241, 1, 5)
+        );
         assert!(!r.status_ok);
         assert_eq!(r.failures, vec!["crashy exited with 139".to_string()]);
     }
