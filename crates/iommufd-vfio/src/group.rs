@@ -1,0 +1,347 @@
+//! PCI addresses, IOMMU groups and their ownership, as sysfs shows them.
+//!
+//! An IOMMU group is the smallest set of devices the IOMMU can isolate from each other.
+//! Binding one member to `/dev/iommu` claims DMA ownership of the whole group, which the
+//! kernel refuses (`EBUSY`) while another member is driven by a kernel driver that uses
+//! the kernel's DMA API. [`IommuGroup::check_viable`] answers the same question before
+//! binding, naming every offending device and its driver.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// Drivers that manage DMA ownership themselves (the kernel marks them
+/// `driver_managed_dma`): a group member bound to one of them does not stop another
+/// member from being bound to `/dev/iommu`.
+pub const DMA_OWNER_SAFE_DRIVERS: &[&str] = &["vfio-pci", "pci-stub", "pcieport"];
+
+/// Errors of sysfs lookups and group checks.
+#[derive(Debug, Error)]
+pub enum GroupError {
+    /// A PCI address did not parse.
+    #[error("invalid PCI address {0:?} (want DDDD:BB:DD.F)")]
+    BadAddress(String),
+    /// Reading sysfs failed.
+    #[error("sysfs {path}: {source}")]
+    Sysfs {
+        /// The file or directory read.
+        path: PathBuf,
+        /// The I/O error, errno included.
+        #[source]
+        source: io::Error,
+    },
+    /// The device has no IOMMU group: no IOMMU translates for it.
+    #[error("{0} has no IOMMU group (no IOMMU, or the IOMMU is off)")]
+    NoGroup(PciAddress),
+    /// The device is not bound to vfio-pci, so it has no VFIO cdev.
+    #[error("{0} has no VFIO device cdev (bind it to vfio-pci first)")]
+    NoCdev(PciAddress),
+    /// Another member of the group is held by a kernel driver: binding would fail with
+    /// `EBUSY`.
+    #[error("IOMMU group {group} is not viable: {}", fmt_offenders(.offenders))]
+    NotViable {
+        /// The group number.
+        group: u32,
+        /// Each offending member and the driver holding it.
+        offenders: Vec<(String, String)>,
+    },
+}
+
+fn fmt_offenders(o: &[(String, String)]) -> String {
+    o.iter()
+        .map(|(d, drv)| format!("{d} is bound to {drv}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A PCI function address: domain, bus, device, function (`0000:00:04.0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciAddress {
+    /// PCI domain (segment).
+    pub domain: u16,
+    /// Bus number.
+    pub bus: u8,
+    /// Device number (0..32).
+    pub device: u8,
+    /// Function number (0..8).
+    pub function: u8,
+}
+
+impl FromStr for PciAddress {
+    type Err = GroupError;
+
+    /// Parses `DDDD:BB:DD.F`, or `BB:DD.F` in domain 0.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || GroupError::BadAddress(s.to_string());
+        let (head, function) = s.rsplit_once('.').ok_or_else(bad)?;
+        let parts: Vec<&str> = head.split(':').collect();
+        let (domain, bus, device) = match parts.as_slice() {
+            [d, b, dev] => (*d, *b, *dev),
+            [b, dev] => ("0", *b, *dev),
+            _ => return Err(bad()),
+        };
+        let hex = |t: &str, max: u32| {
+            u32::from_str_radix(t, 16)
+                .ok()
+                .filter(|v| *v <= max && !t.is_empty() && t.len() <= 4)
+                .ok_or_else(bad)
+        };
+        Ok(PciAddress {
+            domain: hex(domain, 0xffff)? as u16,
+            bus: hex(bus, 0xff)? as u8,
+            device: hex(device, 0x1f)? as u8,
+            function: hex(function, 7)? as u8,
+        })
+    }
+}
+
+impl fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.device, self.function
+        )
+    }
+}
+
+/// Where sysfs and devfs are: `/sys` and `/dev` normally; another root lets tests and
+/// containers point elsewhere.
+#[derive(Debug, Clone)]
+pub struct Sysfs {
+    sys: PathBuf,
+    dev: PathBuf,
+}
+
+impl Default for Sysfs {
+    fn default() -> Self {
+        Sysfs {
+            sys: PathBuf::from("/sys"),
+            dev: PathBuf::from("/dev"),
+        }
+    }
+}
+
+fn read_link_name(path: &Path) -> Option<String> {
+    fs::read_link(path)
+        .ok()?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
+impl Sysfs {
+    /// Sysfs at `sys`, device nodes under `dev`.
+    pub fn new(sys: impl Into<PathBuf>, dev: impl Into<PathBuf>) -> Sysfs {
+        Sysfs {
+            sys: sys.into(),
+            dev: dev.into(),
+        }
+    }
+
+    fn pci_dir(&self, addr: PciAddress) -> PathBuf {
+        self.sys.join("bus/pci/devices").join(addr.to_string())
+    }
+
+    /// The driver bound to the PCI device, if any.
+    pub fn driver(&self, addr: PciAddress) -> Option<String> {
+        read_link_name(&self.pci_dir(addr).join("driver"))
+    }
+
+    /// The IOMMU group of a PCI device, with every member and its driver.
+    pub fn iommu_group(&self, addr: PciAddress) -> Result<IommuGroup, GroupError> {
+        let link = self.pci_dir(addr).join("iommu_group");
+        let id = read_link_name(&link).ok_or(GroupError::NoGroup(addr))?;
+        let id: u32 = id.parse().map_err(|_| GroupError::NoGroup(addr))?;
+        let dir = self
+            .sys
+            .join("kernel/iommu_groups")
+            .join(id.to_string())
+            .join("devices");
+        let entries = fs::read_dir(&dir).map_err(|source| GroupError::Sysfs {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut members = Vec::new();
+        for e in entries {
+            let e = e.map_err(|source| GroupError::Sysfs {
+                path: dir.clone(),
+                source,
+            })?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let driver = read_link_name(&e.path().join("driver"));
+            members.push(GroupMember {
+                device: name,
+                driver,
+            });
+        }
+        members.sort_by(|a, b| a.device.cmp(&b.device));
+        Ok(IommuGroup { id, members })
+    }
+
+    /// The VFIO device cdev (`/dev/vfio/devices/vfioN`) of a PCI device bound to vfio-pci.
+    pub fn vfio_cdev(&self, addr: PciAddress) -> Result<PathBuf, GroupError> {
+        let dir = self.pci_dir(addr).join("vfio-dev");
+        let entries = fs::read_dir(&dir).map_err(|_| GroupError::NoCdev(addr))?;
+        let name = entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("vfio"))
+            .min()
+            .ok_or(GroupError::NoCdev(addr))?;
+        Ok(self.dev.join("vfio/devices").join(name))
+    }
+}
+
+/// One device of an IOMMU group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// Its sysfs name (a PCI address for PCI devices).
+    pub device: String,
+    /// The bound driver, if any.
+    pub driver: Option<String>,
+}
+
+/// An IOMMU group and its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IommuGroup {
+    /// The group number (`/sys/kernel/iommu_groups/N`).
+    pub id: u32,
+    /// Every member, sorted by name.
+    pub members: Vec<GroupMember>,
+}
+
+impl IommuGroup {
+    /// Checks that binding a member to `/dev/iommu` can succeed: every member is
+    /// unbound or bound to a driver of [`DMA_OWNER_SAFE_DRIVERS`]. Otherwise fails with
+    /// [`GroupError::NotViable`] naming each offending device and its driver.
+    pub fn check_viable(&self) -> Result<(), GroupError> {
+        let offenders: Vec<(String, String)> = self
+            .members
+            .iter()
+            .filter_map(|m| match &m.driver {
+                Some(d) if !DMA_OWNER_SAFE_DRIVERS.contains(&d.as_str()) => {
+                    Some((m.device.clone(), d.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        if offenders.is_empty() {
+            Ok(())
+        } else {
+            Err(GroupError::NotViable {
+                group: self.id,
+                offenders,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn pci_address_round_trip() {
+        let a: PciAddress = "0000:00:04.0".parse().unwrap();
+        assert_eq!(
+            a,
+            PciAddress {
+                domain: 0,
+                bus: 0,
+                device: 4,
+                function: 0
+            }
+        );
+        assert_eq!(a.to_string(), "0000:00:04.0");
+        let b: PciAddress = "3a:1f.7".parse().unwrap();
+        assert_eq!(b.to_string(), "0000:3a:1f.7");
+        for bad in [
+            "",
+            "0000:00:04",
+            "0000:00:20.0",
+            "0000:00:04.8",
+            "x:00:04.0",
+            "00000:00:04.0",
+            "0:0:0:0.0",
+            ":00.0",
+        ] {
+            assert!(
+                matches!(bad.parse::<PciAddress>(), Err(GroupError::BadAddress(_))),
+                "{bad:?} parsed"
+            );
+        }
+    }
+
+    /// Builds a sysfs-shaped directory tree: it is what the code reads, so this is the
+    /// data under test, not a stand-in for a syscall.
+    fn fake_sysfs(members: &[(&str, Option<&str>)]) -> (PathBuf, Sysfs) {
+        let root = std::env::temp_dir().join(format!(
+            "iommufd-vfio-sysfs-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&root);
+        let group = root.join("sys/kernel/iommu_groups/7/devices");
+        fs::create_dir_all(&group).unwrap();
+        for (dev, driver) in members {
+            let d = root.join("sys/devices/pci0000:00").join(dev);
+            fs::create_dir_all(&d).unwrap();
+            symlink(
+                root.join("sys/kernel/iommu_groups/7"),
+                d.join("iommu_group"),
+            )
+            .unwrap();
+            if let Some(drv) = driver {
+                let dd = root.join("sys/bus/pci/drivers").join(drv);
+                fs::create_dir_all(&dd).unwrap();
+                symlink(&dd, d.join("driver")).unwrap();
+            }
+            fs::create_dir_all(root.join("sys/bus/pci/devices")).unwrap();
+            symlink(&d, root.join("sys/bus/pci/devices").join(dev)).unwrap();
+            symlink(&d, group.join(dev)).unwrap();
+        }
+        let s = Sysfs::new(root.join("sys"), root.join("dev"));
+        (root, s)
+    }
+
+    #[test]
+    fn group_with_driver_bound_member_names_offender() {
+        let (root, sysfs) = fake_sysfs(&[
+            ("0000:01:01.0", Some("vfio-pci")),
+            ("0000:01:02.0", Some("virtio-pci")),
+            ("0000:00:06.0", None),
+        ]);
+        let addr = "0000:01:01.0".parse().unwrap();
+        let g = sysfs.iommu_group(addr).unwrap();
+        assert_eq!(g.id, 7);
+        assert_eq!(g.members.len(), 3);
+        assert_eq!(sysfs.driver(addr).as_deref(), Some("vfio-pci"));
+        let err = g.check_viable().expect_err("virtio-pci holds a member");
+        assert_eq!(
+            err.to_string(),
+            "IOMMU group 7 is not viable: 0000:01:02.0 is bound to virtio-pci"
+        );
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn group_of_vfio_and_unbound_members_is_viable() {
+        let (root, sysfs) = fake_sysfs(&[
+            ("0000:01:01.0", Some("vfio-pci")),
+            ("0000:01:02.0", None),
+            ("0000:00:1c.0", Some("pcieport")),
+        ]);
+        let addr = "0000:01:02.0".parse().unwrap();
+        sysfs
+            .iommu_group(addr)
+            .and_then(|g| g.check_viable())
+            .unwrap();
+        assert!(matches!(sysfs.vfio_cdev(addr), Err(GroupError::NoCdev(_))));
+        let _ = fs::remove_dir_all(root);
+    }
+}
