@@ -106,9 +106,11 @@ mod vfio {
         let err = dev
             .bind(fd.as_fd())
             .expect_err("bind must fail while the group is not viable");
+        // iommu_device_claim_dma_owner(): the group already has a DMA-API owner (the
+        // other member's driver), so claiming it for user space is not permitted.
         assert_eq!(
             err.raw_os_error(),
-            Some(libc::EBUSY),
+            Some(libc::EPERM),
             "{} bound to {driver}: {err}",
             other.bdf()
         );

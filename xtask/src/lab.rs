@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -335,6 +336,7 @@ fn make_initramfs(boot: &Boot, dir: &Path) -> Result<PathBuf, String> {
     };
     copy(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
     copy(&lab_dir().join("init.sh"), &root.join("init"))?;
+    fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755)).map_err(|e| format!("chmod init: {e}"))?;
     let mut plan = String::new();
     for (name, exe, args) in &boot.programs {
         let base = exe
