@@ -677,6 +677,47 @@ pub fn vmtest(opts: &Options) -> Result<bool, String> {
     Ok(report(total, &failures, started))
 }
 
+/// `cargo xtask demo`: the passthrough example, run the way a VMM would do it, in the
+/// lab guest (emulated VT-d, edu devices bound to vfio-pci).
+pub fn demo(opts: &Options) -> Result<bool, String> {
+    ensure_host_tools()?;
+    eprintln!("xtask: building the passthrough example for the guest");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["build", "--release", "-p", "iommufd-vfio", "--example", "passthrough"])
+        .args(["--target", TARGET, "--message-format=json-render-diagnostics"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cargo build --example passthrough: {e}"))?;
+    if !out.status.success() {
+        return Err("building the passthrough example failed".into());
+    }
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "passthrough")
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .ok_or("cargo did not report the passthrough executable")?;
+    let kernels = kernels_for(opts, &["7"])?;
+    let mut ok = true;
+    for k in kernels {
+        let args = opts.filters.join(" ");
+        let boot = Boot {
+            label: format!("{}-demo", k.series),
+            kernel: k,
+            vtd: true,
+            programs: vec![("passthrough".into(), exe.clone(), args)],
+        };
+        let r = run_boot(&boot, opts)?;
+        r.failures.iter().for_each(|f| eprintln!("xtask: demo: {f}"));
+        ok &= r.status_ok;
+    }
+    println!("\ndemo: {}", if ok { "ok" } else { "FAILED" });
+    Ok(ok)
+}
+
 /// `cargo xtask test`: host tests, the lab on both kernels, the kernel's selftests.
 pub fn test_all(opts: &Options) -> Result<bool, String> {
     let started = Instant::now();

@@ -3,6 +3,7 @@
 //! - `cargo xtask vmtest`: run the crates' kernel tests inside the guest lab (a Linux
 //!   kernel built from Debian's source package, booted under QEMU with an emulated
 //!   VT-d IOMMU and `edu` PCI devices).
+//! - `cargo xtask demo`: the end-to-end passthrough demo in the lab guest.
 //! - `cargo xtask test`: everything: host tests, then the guest lab on both kernels,
 //!   then the kernel's own iommufd selftests; closes with one cargo-style result line.
 //!
@@ -14,6 +15,10 @@ use std::process::ExitCode;
 
 fn usage() -> &'static str {
     "usage:
+  cargo xtask demo [--kernel K] [--verbose] [ARGS...]
+      the end-to-end passthrough demo (iommufd-vfio's `passthrough` example) in the
+      lab guest: guest RAM mapped at IOVA = GPA, an edu device bound, DMA verified;
+      ARGS go to the example (default kernel: 7)
   cargo xtask test [--timeout SECS]
       host tests (cargo test --workspace), then vmtest on both kernels, then the
       kernel's own iommufd selftests; one closing result line
@@ -34,6 +39,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("vmtest") => lab::Options::parse(&args[1..]).and_then(|o| lab::vmtest(&o)),
+        Some("demo") => lab::Options::parse(&args[1..]).and_then(|o| lab::demo(&o)),
         Some("test") => lab::Options::parse(&args[1..]).and_then(|o| lab::test_all(&o)),
         Some("help" | "-h" | "--help") | None => {
             println!("{}", usage());
