@@ -1,0 +1,486 @@
+//! Hardware page tables and dirty tracking.
+
+use std::fmt;
+use std::mem::ManuallyDrop;
+use std::os::fd::AsRawFd;
+
+use bitflags::bitflags;
+use iommufd_uapi as uapi;
+
+use crate::sys::arg;
+use crate::{DeviceId, Error, HwptId, Iommufd, Iova, PtId, Result};
+
+bitflags! {
+    /// Flags of [`Hwpt::alloc`] (`enum iommufd_hwpt_alloc_flags`).
+    ///
+    /// ```
+    /// use iommufd::HwptFlags;
+    /// assert_eq!(HwptFlags::DIRTY_TRACKING.bits(), 2);
+    /// ```
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct HwptFlags: u32 {
+        /// The HWPT may be the parent (stage 2) of nested HWPTs
+        /// (`IOMMU_HWPT_ALLOC_NEST_PARENT`).
+        const NEST_PARENT = uapi::IOMMU_HWPT_ALLOC_NEST_PARENT;
+        /// The HWPT can track DMA writes (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`, Linux
+        /// 6.7); fails with `EOPNOTSUPP` unless the device's
+        /// [`HwCapabilities::DIRTY_TRACKING`](crate::HwCapabilities::DIRTY_TRACKING)
+        /// is set.
+        const DIRTY_TRACKING = uapi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+        /// The HWPT may be attached to PASIDs as well as to the whole device
+        /// (`IOMMU_HWPT_ALLOC_PASID`, Linux 6.15).
+        const PASID = uapi::IOMMU_HWPT_ALLOC_PASID;
+    }
+}
+
+/// A kernel-managed (paging) hardware page table (`IOMMU_HWPT_ALLOC`): an IOMMU
+/// domain that mirrors the mappings of an IOAS, allocated explicitly so that its
+/// flags can be chosen (dirty tracking, nesting parent, PASID) and so that several
+/// devices can share it.
+///
+/// Destroyed on drop (logging errors such as `EBUSY` while a device is attached);
+/// [`Hwpt::destroy`] returns them. A HWPT holds its IOAS busy: drop the HWPT first
+/// (destroying the IOAS before it fails with `EBUSY`, and the IOAS then stays until
+/// the file is closed).
+///
+/// ```no_run
+/// use iommufd::{DeviceId, Hwpt, HwptFlags, Iommufd, Iova};
+/// # let dev = DeviceId::from_raw(1);
+/// let fd = Iommufd::open()?;
+/// let ioas = fd.alloc_ioas()?;
+/// let hwpt = Hwpt::alloc(&fd, dev, &ioas, HwptFlags::DIRTY_TRACKING)?;
+/// // ... attach the device to `hwpt`, map guest memory into `ioas` ...
+/// hwpt.set_dirty_tracking(true)?;
+/// let dirty = hwpt.get_dirty_bitmap(Iova(0), 1 << 30, 4096, false)?;
+/// for iova in dirty.dirty_iovas() {
+///     println!("dirty page at {iova}");
+/// }
+/// # Ok::<(), iommufd::Error>(())
+/// ```
+#[must_use = "dropping a Hwpt destroys it"]
+pub struct Hwpt<'fd> {
+    fd: &'fd Iommufd,
+    id: HwptId,
+}
+
+impl fmt::Debug for Hwpt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hwpt")
+            .field("id", &self.id)
+            .field("iommufd", &self.fd.as_raw_fd())
+            .finish()
+    }
+}
+
+impl<'fd> Hwpt<'fd> {
+    /// Allocates a paging HWPT for device `dev` that maps what the IOAS `pt` maps
+    /// (`IOMMU_HWPT_ALLOC` with `IOMMU_HWPT_DATA_NONE`).
+    ///
+    /// `pt` is an IOAS (an `&Ioas`, or an [`IoasId`](crate::IoasId) taken on trust).
+    /// Fails with [`Error::WrongIommufd`] if `pt` is an object of another file,
+    /// [`Error::Unsupported`] if the kernel or the device's IOMMU lacks a flag, and
+    /// `EINVAL` if `pt` is not an IOAS.
+    pub fn alloc(
+        fd: &'fd Iommufd,
+        dev: DeviceId,
+        pt: impl Into<PtId>,
+        flags: HwptFlags,
+    ) -> Result<Hwpt<'fd>> {
+        let pt = pt.into();
+        fd.check_owner("IOMMU_HWPT_ALLOC", pt.owner(), pt)?;
+        let mut a: uapi::iommu_hwpt_alloc = arg();
+        a.flags = flags.bits();
+        a.dev_id = dev.raw();
+        a.pt_id = pt.raw();
+        a.data_type = uapi::IOMMU_HWPT_DATA_NONE;
+        // SAFETY: no user pointer: `data_uptr` is 0 with `data_len` 0 (no
+        // driver-specific data), and `fault_id` is not a pointer.
+        unsafe { fd.ioctl(uapi::IOMMU_HWPT_ALLOC, &mut a) }.map_err(|e| {
+            Error::from_errno("IOMMU_HWPT_ALLOC", format_args!("{dev} with {pt}"), e.0)
+        })?;
+        Ok(Hwpt {
+            fd,
+            id: HwptId::from_raw(a.out_hwpt_id),
+        })
+    }
+
+    /// The id.
+    pub fn id(&self) -> HwptId {
+        self.id
+    }
+
+    /// The file the HWPT belongs to.
+    pub fn iommufd(&self) -> &'fd Iommufd {
+        self.fd
+    }
+
+    /// Starts or stops dirty tracking (`IOMMU_HWPT_SET_DIRTY_TRACKING`, Linux 6.7).
+    /// The HWPT must have been allocated with [`HwptFlags::DIRTY_TRACKING`].
+    pub fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
+        let mut a: uapi::iommu_hwpt_set_dirty_tracking = arg();
+        a.hwpt_id = self.id.raw();
+        if enable {
+            a.flags = uapi::IOMMU_HWPT_DIRTY_TRACKING_ENABLE;
+        }
+        self.fd
+            .ioctl_plain(uapi::IOMMU_HWPT_SET_DIRTY_TRACKING, &mut a)
+            .map_err(|e| Error::from_errno("IOMMU_HWPT_SET_DIRTY_TRACKING", self.id, e.0))
+    }
+
+    /// Reads which `page_size` pages of `iova..iova + len` DMA has written since the
+    /// last read (`IOMMU_HWPT_GET_DIRTY_BITMAP`, Linux 6.7), and clears that state
+    /// unless `no_clear` (use `no_clear` when the range is unmapped next anyway).
+    ///
+    /// `page_size` must be a power of two, and `iova` and `len` multiples of it and
+    /// of the IOAS alignment; `page_size` may differ from the IOMMU's page size (the
+    /// kernel converts). See [`DirtyBitmap::new`] for the checks made here.
+    pub fn get_dirty_bitmap(
+        &self,
+        iova: Iova,
+        len: u64,
+        page_size: u64,
+        no_clear: bool,
+    ) -> Result<DirtyBitmap> {
+        let mut bitmap = DirtyBitmap::new(iova, len, page_size)?;
+        let mut a: uapi::iommu_hwpt_get_dirty_bitmap = arg();
+        a.hwpt_id = self.id.raw();
+        if no_clear {
+            a.flags = uapi::IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR;
+        }
+        a.iova = iova.raw();
+        a.length = len;
+        a.page_size = page_size;
+        a.data = bitmap.words.as_mut_ptr() as u64;
+        // SAFETY: `data` points to `bitmap.words`, zeroed and long enough for one bit
+        // per page of `len` (`DirtyBitmap::new` sizes it so), exclusively borrowed
+        // here; the kernel writes only bits of pages in `iova..iova + len`.
+        unsafe { self.fd.ioctl(uapi::IOMMU_HWPT_GET_DIRTY_BITMAP, &mut a) }
+            .map_err(|e| Error::from_errno("IOMMU_HWPT_GET_DIRTY_BITMAP", self.id, e.0))?;
+        Ok(bitmap)
+    }
+
+    /// Destroys the HWPT now, returning the kernel's error (e.g. `EBUSY` while a
+    /// device is attached) instead of logging it.
+    pub fn destroy(self) -> Result<()> {
+        let this = ManuallyDrop::new(self);
+        this.fd.destroy_id(this.id.raw(), this.id)
+    }
+
+    /// Gives up ownership: the HWPT stays in the kernel and its id is returned.
+    pub fn into_id(self) -> HwptId {
+        ManuallyDrop::new(self).id
+    }
+}
+
+#[cfg(test)]
+impl<'fd> Hwpt<'fd> {
+    /// A handle for an id this file may not have, for error-path tests.
+    pub(crate) fn fake(fd: &'fd Iommufd, id: u32) -> Hwpt<'fd> {
+        Hwpt {
+            fd,
+            id: HwptId::from_raw(id),
+        }
+    }
+}
+
+impl Drop for Hwpt<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.fd.destroy_id(self.id.raw(), self.id) {
+            eprintln!("iommufd: dropping {}: {e}", self.id);
+        }
+    }
+}
+
+impl From<&Hwpt<'_>> for PtId {
+    fn from(hwpt: &Hwpt<'_>) -> PtId {
+        PtId::owned(false, hwpt.id.raw(), hwpt.fd.token())
+    }
+}
+
+/// The dirty state of a range of IOVA pages: bit `i` of `u64` word `w` is page
+/// `w * 64 + i`, the page at `iova + (w * 64 + i) * page_size` (the kernel's
+/// layout).
+///
+/// ```
+/// use iommufd::{DirtyBitmap, Iova};
+/// let mut bm = DirtyBitmap::new(Iova(0x10000), 0x10000, 0x1000)?;
+/// assert_eq!(bm.pages(), 16);
+/// bm.set(3);
+/// bm.set(15);
+/// assert!(bm.is_dirty(3));
+/// assert_eq!(bm.iter_dirty_pages().collect::<Vec<_>>(), [3, 15]);
+/// assert_eq!(bm.dirty_iovas().next(), Some(Iova(0x13000)));
+/// assert_eq!(bm.count_dirty(), 2);
+/// # Ok::<(), iommufd::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirtyBitmap {
+    iova: Iova,
+    page_size: u64,
+    pages: u64,
+    words: Vec<u64>,
+}
+
+impl DirtyBitmap {
+    /// An all-clean bitmap for `len` bytes at `iova`, one bit per `page_size` page.
+    ///
+    /// Fails with [`Error::InvalidArgument`] unless `page_size` is a power of two,
+    /// `len` is a non-zero multiple of it, `iova` is aligned to it, the range does
+    /// not pass `u64::MAX`, and the bitmap can be allocated.
+    pub fn new(iova: Iova, len: u64, page_size: u64) -> Result<DirtyBitmap> {
+        const OP: &str = "dirty bitmap";
+        let invalid = |reason| Error::InvalidArgument { op: OP, reason };
+        if !page_size.is_power_of_two() {
+            return Err(invalid("page size is not a power of two"));
+        }
+        if len == 0 || len % page_size != 0 {
+            return Err(invalid(
+                "length is not a non-zero multiple of the page size",
+            ));
+        }
+        if !iova.is_aligned(page_size) {
+            return Err(invalid("IOVA is not aligned to the page size"));
+        }
+        if iova.checked_add(len - 1).is_none() {
+            return Err(invalid("range passes the end of the IOVA space"));
+        }
+        let pages = len / page_size;
+        let nwords =
+            usize::try_from(pages.div_ceil(64)).map_err(|_| invalid("bitmap too large"))?;
+        let mut words = Vec::new();
+        words
+            .try_reserve_exact(nwords)
+            .map_err(|_| invalid("bitmap too large to allocate"))?;
+        words.resize(nwords, 0);
+        Ok(DirtyBitmap {
+            iova,
+            page_size,
+            pages,
+            words,
+        })
+    }
+
+    /// A bitmap from words in the kernel's layout (e.g. saved earlier). Bits past
+    /// the last page are ignored; missing words count as clean.
+    pub fn from_words(iova: Iova, len: u64, page_size: u64, words: &[u64]) -> Result<DirtyBitmap> {
+        let mut bm = DirtyBitmap::new(iova, len, page_size)?;
+        let n = bm.words.len().min(words.len());
+        bm.words[..n].copy_from_slice(&words[..n]);
+        bm.clear_tail();
+        Ok(bm)
+    }
+
+    fn clear_tail(&mut self) {
+        let rem = self.pages % 64;
+        if rem != 0 {
+            if let Some(last) = self.words.last_mut() {
+                *last &= (1u64 << rem) - 1;
+            }
+        }
+    }
+
+    /// The first IOVA covered.
+    pub fn iova(&self) -> Iova {
+        self.iova
+    }
+
+    /// The bytes each bit stands for.
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    /// The number of pages (bits) covered.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// The words, in the kernel's layout.
+    pub fn as_words(&self) -> &[u64] {
+        &self.words
+    }
+
+    /// Whether page `page` (counted from [`iova`](DirtyBitmap::iova)) is dirty;
+    /// `false` past the end.
+    pub fn is_dirty(&self, page: u64) -> bool {
+        if page >= self.pages {
+            return false;
+        }
+        let Ok(w) = usize::try_from(page / 64) else {
+            return false;
+        };
+        self.words
+            .get(w)
+            .is_some_and(|word| word & (1 << (page % 64)) != 0)
+    }
+
+    /// Marks page `page` dirty; ignored past the end.
+    pub fn set(&mut self, page: u64) {
+        if page >= self.pages {
+            return;
+        }
+        let Ok(w) = usize::try_from(page / 64) else {
+            return;
+        };
+        if let Some(word) = self.words.get_mut(w) {
+            *word |= 1 << (page % 64);
+        }
+    }
+
+    /// The indices of the dirty pages, ascending.
+    pub fn iter_dirty_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        let pages = self.pages;
+        self.words
+            .iter()
+            .enumerate()
+            .flat_map(|(w, &word)| {
+                let base = w as u64 * 64;
+                BitIter(word).map(move |bit| base + u64::from(bit))
+            })
+            .take_while(move |&p| p < pages)
+    }
+
+    /// The IOVAs of the dirty pages, ascending.
+    pub fn dirty_iovas(&self) -> impl Iterator<Item = Iova> + '_ {
+        // `new` checked that the whole range fits below u64::MAX.
+        self.iter_dirty_pages()
+            .map(|p| Iova(self.iova.raw() + p * self.page_size))
+    }
+
+    /// The number of dirty pages.
+    pub fn count_dirty(&self) -> u64 {
+        self.iter_dirty_pages().count() as u64
+    }
+}
+
+/// The set bits of a word, lowest first.
+struct BitIter(u64);
+
+impl Iterator for BitIter {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        if self.0 == 0 {
+            return None;
+        }
+        let bit = self.0.trailing_zeros();
+        self.0 &= self.0 - 1;
+        Some(bit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_match_the_kernel() {
+        assert_eq!(HwptFlags::NEST_PARENT.bits(), 1);
+        assert_eq!(HwptFlags::DIRTY_TRACKING.bits(), 2);
+        assert_eq!(HwptFlags::PASID.bits(), 8);
+    }
+
+    #[test]
+    fn bitmap_layout_is_the_kernels() {
+        // 130 pages: three words, the last with two valid bits.
+        let mut bm = DirtyBitmap::new(Iova(0), 130 * 4096, 4096).expect("bitmap");
+        assert_eq!(bm.as_words().len(), 3);
+        for p in [0, 63, 64, 129, 130, 9999] {
+            bm.set(p);
+        }
+        assert_eq!(bm.as_words(), &[1 | 1 << 63, 1, 1 << 1]);
+        assert_eq!(bm.iter_dirty_pages().collect::<Vec<_>>(), [0, 63, 64, 129]);
+        assert!(!bm.is_dirty(130));
+        assert_eq!(bm.count_dirty(), 4);
+        let iovas: Vec<_> = bm.dirty_iovas().map(Iova::raw).collect();
+        assert_eq!(iovas, [0, 63 * 4096, 64 * 4096, 129 * 4096]);
+    }
+
+    #[test]
+    fn from_words_ignores_bits_past_the_end() {
+        let bm = DirtyBitmap::from_words(Iova(0x2000), 3 * 0x1000, 0x1000, &[u64::MAX, u64::MAX])
+            .expect("bitmap");
+        assert_eq!(bm.as_words(), &[0b111]);
+        assert_eq!(bm.iter_dirty_pages().collect::<Vec<_>>(), [0, 1, 2]);
+        let short = DirtyBitmap::from_words(Iova(0), 128 * 4096, 4096, &[]).expect("bitmap");
+        assert_eq!(short.count_dirty(), 0);
+    }
+
+    #[test]
+    fn invalid_geometry_is_refused() {
+        let bad = [
+            (0, 4096, 3000),               // page size not a power of two
+            (0, 4096, 0),                  // page size 0
+            (0, 0, 4096),                  // empty
+            (0, 6000, 4096),               // length not a multiple
+            (2048, 4096, 4096),            // misaligned
+            (u64::MAX - 4095, 8192, 4096), // overflow
+            (0, 1 << 63, 1),               // 2^63 bits: too large to allocate
+        ];
+        for (iova, len, ps) in bad {
+            let e = DirtyBitmap::new(Iova(iova), len, ps).unwrap_err();
+            assert!(
+                matches!(e, Error::InvalidArgument { .. }),
+                "{iova:#x} {len:#x} {ps}: {e}"
+            );
+        }
+        let top = DirtyBitmap::new(Iova(u64::MAX - 4095), 4096, 4096).expect("bitmap");
+        assert_eq!(top.pages(), 1);
+    }
+
+    #[test]
+    fn bit_iter_yields_set_bits() {
+        assert_eq!(BitIter(0).count(), 0);
+        assert_eq!(BitIter(0b1010_0001).collect::<Vec<_>>(), [0, 5, 7]);
+        assert_eq!(BitIter(u64::MAX).count(), 64);
+    }
+
+    // Every wrapper reaches the kernel (here /dev/null, which answers ENOTTY).
+    #[test]
+    fn wrappers_on_a_non_iommufd() {
+        let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
+        let other = Iommufd::open_path("/dev/null").expect("/dev/null");
+        let dev = DeviceId::from_raw(1);
+        let e = Hwpt::alloc(&fd, dev, crate::IoasId::from_raw(2), HwptFlags::empty()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("IOMMU_HWPT_ALLOC on device 1 with ioas 2"),
+            "{e}"
+        );
+        let foreign = Hwpt {
+            fd: &other,
+            id: HwptId::from_raw(4),
+        };
+        let e = Hwpt::alloc(&fd, dev, &foreign, HwptFlags::NEST_PARENT).unwrap_err();
+        assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
+        assert_eq!(foreign.into_id(), HwptId::from_raw(4));
+
+        let hwpt = Hwpt::fake(&fd, 5);
+        assert_eq!(hwpt.id(), HwptId::from_raw(5));
+        assert_eq!(hwpt.iommufd().token(), fd.token());
+        assert!(format!("{hwpt:?}").contains("HwptId(5)"));
+        let e = hwpt.set_dirty_tracking(true).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("IOMMU_HWPT_SET_DIRTY_TRACKING on hwpt 5"),
+            "{e}"
+        );
+        let e = hwpt
+            .get_dirty_bitmap(Iova(0), 8192, 4096, true)
+            .unwrap_err();
+        assert!(e.is_unsupported(), "{e}");
+        let e = hwpt.get_dirty_bitmap(Iova(0), 8192, 3, false).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+        assert!(hwpt.destroy().unwrap_err().is_unsupported());
+        // Dropping one whose DESTROY fails only logs.
+        drop(Hwpt::fake(&fd, 6));
+    }
+
+    #[test]
+    fn accessors() {
+        let bm = DirtyBitmap::new(Iova(0x4000), 0x4000, 0x1000).expect("bitmap");
+        assert_eq!(
+            (bm.iova(), bm.page_size(), bm.pages()),
+            (Iova(0x4000), 0x1000, 4)
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! Owned anonymous memory for DMA.
+
+use std::fmt;
+use std::ptr::NonNull;
+
+use crate::{Error, Result};
+
+/// An owned, page-aligned, anonymous shared mapping (`mmap(MAP_SHARED |
+/// MAP_ANONYMOUS)`), freed with `munmap` on drop.
+///
+/// Hand it to [`Ioas::map_owned`](crate::Ioas::map_owned) to map it for DMA: the
+/// returned [`Mapping`](crate::Mapping) keeps it alive until the IOAS no longer maps
+/// it. A device may write it at any time while it is mapped, so it is accessed by
+/// copying ([`read_at`](MmapRegion::read_at), [`write_at`](MmapRegion::write_at)),
+/// never through Rust references.
+///
+/// ```
+/// use iommufd::MmapRegion;
+/// let region = MmapRegion::new(8192)?;
+/// region.write_at(4096, b"hello")?;
+/// let mut buf = [0u8; 5];
+/// region.read_at(4096, &mut buf)?;
+/// assert_eq!(&buf, b"hello");
+/// assert!(region.read_at(8190, &mut buf).is_err());
+/// # Ok::<(), iommufd::Error>(())
+/// ```
+pub struct MmapRegion {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the region exclusively owns its mapping; moving it to another thread moves
+// that ownership. It is not `Sync`: `read_at`/`write_at` through `&self` are not
+// synchronized with each other.
+unsafe impl Send for MmapRegion {}
+
+impl fmt::Debug for MmapRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MmapRegion")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl MmapRegion {
+    /// Maps `len` bytes of zeroed, readable and writable memory. `len` must not be 0
+    /// and is not rounded (the kernel maps whole pages; only `len` bytes are used).
+    pub fn new(len: usize) -> Result<MmapRegion> {
+        if len == 0 {
+            return Err(Error::InvalidArgument {
+                op: "mmap",
+                reason: "length is 0",
+            });
+        }
+        // SAFETY: a new anonymous mapping at an address the kernel chooses; it
+        // touches no existing memory.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::Os {
+                op: "mmap",
+                errno: crate::sys::Errno::last().0,
+            });
+        }
+        match NonNull::new(ptr.cast::<u8>()) {
+            Some(ptr) => Ok(MmapRegion { ptr, len }),
+            None => Err(Error::Os {
+                op: "mmap",
+                errno: libc::EFAULT,
+            }),
+        }
+    }
+
+    /// The start address.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always `false`: a region has at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    fn check(&self, offset: usize, len: usize, op: &'static str) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(Error::InvalidArgument {
+                op,
+                reason: "offset and length exceed the region",
+            }),
+        }
+    }
+
+    /// Copies `buf.len()` bytes at `offset` out of the region.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        self.check(offset, buf.len(), "MmapRegion::read_at")?;
+        // SAFETY: `offset + buf.len() <= self.len` (checked), so the source lies in
+        // the mapping, which lives as long as `self`; `buf` is a distinct Rust
+        // buffer, so the two do not overlap. No reference to the region is created.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into the region at `offset`.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
+        self.check(offset, data.len(), "MmapRegion::write_at")?;
+        // SAFETY: as in `read_at`, with source and destination swapped. Writing
+        // through `&self` is sound because no Rust reference into the mapping exists.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len());
+        }
+        Ok(())
+    }
+
+    /// Fills the whole region with `byte`.
+    pub fn fill(&self, byte: u8) {
+        // SAFETY: the whole mapping of `self.len` bytes is owned by `self`.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), byte, self.len) }
+    }
+}
+
+impl Drop for MmapRegion {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe the mapping this value created and owns; no
+        // reference into it outlives `self`.
+        let ret = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        if ret != 0 {
+            eprintln!(
+                "iommufd: munmap of {} bytes at {:p} failed: {}",
+                self.len,
+                self.ptr,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeroed_and_bounds_checked() {
+        let r = MmapRegion::new(4096).expect("mmap");
+        assert_eq!(r.len(), 4096);
+        assert!(!r.is_empty());
+        let mut b = [0xffu8; 16];
+        r.read_at(4080, &mut b).expect("read");
+        assert_eq!(b, [0; 16]);
+        r.fill(7);
+        r.read_at(0, &mut b).expect("read");
+        assert_eq!(b, [7; 16]);
+        assert!(r.write_at(4090, &[0; 7]).is_err());
+        assert!(r.write_at(usize::MAX, &[0; 2]).is_err());
+        assert!(r.read_at(4096, &mut []).is_ok());
+        assert!(format!("{r:?}").contains("len: 4096"));
+    }
+
+    #[test]
+    fn zero_length_is_refused() {
+        assert!(matches!(
+            MmapRegion::new(0),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+
+    #[test]
+    fn huge_length_fails_with_errno() {
+        let e = MmapRegion::new(usize::MAX - 4095).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::ENOMEM));
+    }
+}

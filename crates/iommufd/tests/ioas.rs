@@ -1,0 +1,447 @@
+//! IOAS behaviour against a real kernel, ported from the kernel's selftests
+//! (tools/testing/selftests/iommu/iommufd.c, fixture `iommufd_ioas`, variant
+//! `no_domain`): these need no device and no mock IOMMU.
+//!
+//! Ignored on the host; the guest lab runs them with `--ignored`.
+
+mod common;
+
+use common::{assert_errno, memfd, open, page};
+use iommufd::{Command, Error, Iova, IovaRange, MapFlags, MmapRegion};
+
+/// Where the tests put fixed mappings (the mock aperture start, valid everywhere).
+const BASE: u64 = 1 << 24;
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn alloc_and_destroy() {
+    let fd = open();
+    let a = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let b = iommufd::Ioas::alloc(&fd).expect("IOAS_ALLOC");
+    assert_ne!(a.id(), b.id());
+    let id = a.id();
+    a.destroy().expect("DESTROY");
+    // The id is gone: a second DESTROY fails with ENOENT.
+    assert_errno(fd.destroy_raw(id.raw()), libc::ENOENT);
+    // Dropping destroys too.
+    let id = b.id();
+    drop(b);
+    assert_errno(fd.destroy_raw(id.raw()), libc::ENOENT);
+    // Object id 0 never exists.
+    assert_errno(fd.destroy_raw(0), libc::ENOENT);
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn into_id_keeps_the_object() {
+    let fd = open();
+    let id = fd.alloc_ioas().expect("IOAS_ALLOC").into_id();
+    fd.destroy_raw(id.raw()).expect("the IOAS must still exist");
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn destroy_with_mappings_succeeds() {
+    // Mappings do not pin an IOAS (ioas_area_destroy).
+    let fd = open();
+    let buf = MmapRegion::new(page() as usize).expect("mmap");
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    // SAFETY: `buf` outlives the IOAS, which is destroyed below.
+    unsafe { ioas.map_user(Some(Iova(BASE)), buf.as_ptr(), page(), MapFlags::RW) }.expect("MAP");
+    ioas.destroy().expect("DESTROY with a mapping");
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn map_fixed_and_kernel_chosen() {
+    let fd = open();
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let p = page();
+    let fixed = ioas
+        .map_owned(
+            MmapRegion::new(p as usize).expect("mmap"),
+            Some(Iova(BASE)),
+            MapFlags::RW,
+        )
+        .expect("MAP fixed");
+    assert_eq!(fixed.iova(), Iova(BASE));
+    // Kernel-chosen IOVAs keep the alignment of the length's lowest set bit, as far
+    // as the VA is aligned and up to the THP size (area_auto_iova; iopt_alloc_iova).
+    let max_align = if std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+        2 << 20
+    } else {
+        p
+    };
+    let mut maps = Vec::new();
+    for i in 1..=10u64 {
+        let len = p * i;
+        let m = ioas
+            .map_owned(
+                MmapRegion::new(len as usize).expect("mmap"),
+                None,
+                MapFlags::RW,
+            )
+            .expect("MAP auto");
+        let va_align = 1u64 << (m.region().as_ptr() as u64).trailing_zeros();
+        let align = (1u64 << len.trailing_zeros()).min(va_align).min(max_align);
+        assert!(
+            m.iova().is_aligned(align),
+            "{} not aligned to {align:#x}",
+            m.iova()
+        );
+        let r = IovaRange::from_len(m.iova(), len).expect("range");
+        for (other, _) in &maps {
+            assert!(!r.overlaps(other), "{r} overlaps {other}");
+        }
+        maps.push((r, m));
+    }
+    drop(maps);
+    // Read-only and write-only are both fine; neither is refused.
+    let ro = ioas
+        .map_owned(
+            MmapRegion::new(p as usize).expect("mmap"),
+            None,
+            MapFlags::READ,
+        )
+        .expect("MAP read-only");
+    let wo = ioas
+        .map_owned(
+            MmapRegion::new(p as usize).expect("mmap"),
+            None,
+            MapFlags::WRITE,
+        )
+        .expect("MAP write-only");
+    assert_ne!(ro.iova(), wo.iova());
+    let none = ioas.map_owned(
+        MmapRegion::new(p as usize).expect("mmap"),
+        None,
+        MapFlags::empty(),
+    );
+    assert_errno(none, libc::EINVAL);
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn map_over_an_existing_mapping_is_eexist() {
+    let fd = open();
+    let buf = MmapRegion::new(3 * page() as usize).expect("mmap");
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let p = page();
+    let at = BASE + 16 * p;
+    // SAFETY: `buf` outlives the IOAS (declared before it).
+    let map = |iova: u64, len: u64| unsafe {
+        ioas.map_user(Some(Iova(iova)), buf.as_ptr(), len, MapFlags::RW)
+    };
+    map(at, 2 * p).expect("MAP");
+    for (iova, len) in [
+        (at, 2 * p),
+        (at, p),
+        (at + p, p),
+        (at - p, 2 * p),
+        (at - p, 3 * p),
+    ] {
+        assert_errno(map(iova, len), libc::EEXIST);
+    }
+    // Next to it is free.
+    map(at + 2 * p, p).expect("MAP adjacent");
+    map(at - p, p).expect("MAP adjacent");
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn unmap_exact_and_all() {
+    let fd = open();
+    let buf = MmapRegion::new(page() as usize).expect("mmap");
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let p = page();
+    // Nothing mapped: ENOENT.
+    for i in 0..10 {
+        let e = ioas.unmap(Iova(i * p), p).unwrap_err();
+        assert!(matches!(e, Error::UnmapSplit { .. }), "{e}");
+    }
+    for i in 0..10 {
+        // SAFETY: `buf` outlives the IOAS.
+        unsafe { ioas.map_user(Some(Iova(BASE + i * p)), buf.as_ptr(), p, MapFlags::RW) }
+            .expect("MAP");
+    }
+    for i in 0..10 {
+        assert_eq!(ioas.unmap(Iova(BASE + i * p), p).expect("UNMAP"), p);
+    }
+    for i in 0..4 {
+        // SAFETY: as above.
+        unsafe { ioas.map_user(Some(Iova(BASE + i * p)), buf.as_ptr(), p, MapFlags::RW) }
+            .expect("MAP");
+    }
+    assert_eq!(ioas.unmap_all().expect("UNMAP all"), 4 * p);
+    // Unmapping everything of an empty IOAS succeeds.
+    assert_eq!(ioas.unmap_all().expect("UNMAP all of nothing"), 0);
+    // 0..=u64::MAX through `unmap` is the same request.
+    assert_eq!(ioas.unmap(Iova(0), u64::MAX).expect("UNMAP all"), 0);
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn unmap_cannot_split_a_mapping() {
+    let fd = open();
+    let buf = MmapRegion::new(2 * page() as usize).expect("mmap");
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let p = page();
+    let at = Iova(BASE + 16 * p);
+    // SAFETY: `buf` outlives the IOAS.
+    unsafe { ioas.map_user(Some(at), buf.as_ptr(), 2 * p, MapFlags::RW) }.expect("MAP");
+    for (iova, len) in [(at, p), (at.checked_add(p).expect("iova"), p)] {
+        match ioas.unmap(iova, len) {
+            Err(Error::UnmapSplit {
+                ioas: id,
+                iova: i,
+                length,
+            }) => {
+                assert_eq!((id, i, length), (ioas.id(), iova, len));
+            }
+            other => panic!("half of a mapping: expected UnmapSplit, got {other:?}"),
+        }
+    }
+    assert_eq!(ioas.unmap(at, 2 * p).expect("UNMAP whole"), 2 * p);
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn unmap_fully_contained_areas() {
+    let fd = open();
+    let p = page();
+    let buf = MmapRegion::new(8 * p as usize).expect("mmap");
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let base = BASE + 4 * p;
+    for i in 0..4 {
+        // SAFETY: `buf` outlives the IOAS.
+        unsafe {
+            ioas.map_user(
+                Some(Iova(base + i * 16 * p)),
+                buf.as_ptr(),
+                8 * p,
+                MapFlags::RW,
+            )
+        }
+        .expect("MAP");
+    }
+    // Ranges that cut the first or the last mapping fail.
+    let e = ioas.unmap(Iova(base - 4 * p), 8 * p).unwrap_err();
+    assert!(matches!(e, Error::UnmapSplit { .. }), "{e}");
+    let e = ioas
+        .unmap(Iova(base + 3 * 16 * p + 4 * p), 8 * p)
+        .unwrap_err();
+    assert!(matches!(e, Error::UnmapSplit { .. }), "{e}");
+    // A range covering all four completely, with holes, unmaps them all.
+    let n = ioas
+        .unmap(Iova(base - 4 * p), 3 * 16 * p + 8 * p + 4 * p)
+        .expect("UNMAP");
+    assert_eq!(n, 32 * p);
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn copy_within_and_between_ioases() {
+    let fd = open();
+    let p = page();
+    let buf = MmapRegion::new(2 * p as usize).expect("mmap");
+    let src = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let dst = fd.alloc_ioas().expect("IOAS_ALLOC");
+    // SAFETY: `buf` outlives both IOASes, so copies of its mapping stay valid.
+    unsafe {
+        src.map_user(Some(Iova(BASE)), buf.as_ptr(), 2 * p, MapFlags::RW)
+            .expect("MAP");
+        // Inside one IOAS, to a fixed IOVA.
+        let at = src
+            .copy_from(
+                &src,
+                Iova(BASE),
+                Some(Iova(BASE + 4 * p)),
+                2 * p,
+                MapFlags::RW,
+            )
+            .expect("COPY inside");
+        assert_eq!(at, Iova(BASE + 4 * p));
+        // To another IOAS, at a kernel-chosen IOVA.
+        let at = dst
+            .copy_from(&src, Iova(BASE), None, 2 * p, MapFlags::READ)
+            .expect("COPY between");
+        assert_eq!(dst.unmap(at, 2 * p).expect("UNMAP copy"), 2 * p);
+        // Part of a mapping may be copied (copy_sweep)...
+        let part = dst
+            .copy_from(&src, Iova(BASE + p), None, p, MapFlags::RW)
+            .expect("COPY of part of a mapping");
+        assert_eq!(dst.unmap(part, p).expect("UNMAP part"), p);
+        // ...but every byte of the source range must be mapped.
+        let e = dst.copy_from(&src, Iova(BASE + p), None, 2 * p, MapFlags::RW);
+        assert_errno(e, libc::ENOENT);
+        let e = dst.copy_from(&src, Iova(BASE + 64 * p), None, p, MapFlags::RW);
+        assert_errno(e, libc::ENOENT);
+    }
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn iova_ranges_of_an_ioas_without_devices() {
+    let fd = open();
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let r = ioas.iova_ranges().expect("IOVA_RANGES");
+    assert_eq!(r.ranges, [IovaRange::FULL]);
+    assert_eq!(r.alignment, 1);
+    assert!(r.can_map(Iova(BASE), page()));
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn allow_iovas_steers_kernel_chosen_iovas() {
+    let fd = open();
+    let p = page();
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let allowed = IovaRange::new(Iova(200 * p), Iova(600 * p - 1)).expect("range");
+    ioas.allow_iovas(&[allowed]).expect("ALLOW_IOVAS");
+    let mut maps = Vec::new();
+    for i in 1..=10u64 {
+        let len = i * p;
+        let m = ioas
+            .map_owned(
+                MmapRegion::new(len as usize).expect("mmap"),
+                None,
+                MapFlags::RW,
+            )
+            .expect("MAP auto");
+        let r = IovaRange::from_len(m.iova(), len).expect("range");
+        assert!(allowed.contains_range(&r), "{r} outside {allowed}");
+        maps.push(m);
+    }
+    drop(maps);
+    // Allowed ranges must be more than one byte.
+    let one = IovaRange::new(Iova(p), Iova(p)).expect("range");
+    assert_errno(ioas.allow_iovas(&[one]), libc::EINVAL);
+    // Overlapping allowed ranges are refused.
+    let a = IovaRange::new(Iova(0), Iova(2 * p)).expect("range");
+    let b = IovaRange::new(Iova(p), Iova(3 * p)).expect("range");
+    assert_errno(ioas.allow_iovas(&[a, b]), libc::EINVAL);
+    // An empty list lifts the restriction.
+    ioas.allow_iovas(&[]).expect("ALLOW_IOVAS empty");
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn huge_pages_option() {
+    let fd = open();
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    assert!(
+        ioas.huge_pages().expect("GET"),
+        "huge pages are on by default"
+    );
+    ioas.set_huge_pages(false).expect("SET 0");
+    assert!(!ioas.huge_pages().expect("GET"));
+    ioas.set_huge_pages(true).expect("SET 1");
+    assert!(ioas.huge_pages().expect("GET"));
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn huge_pages_off_requires_page_alignment() {
+    // ioas_align_change, without a domain.
+    let fd = open();
+    let p = page();
+    let buf = MmapRegion::new(2 * p as usize).expect("mmap");
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    // SAFETY: `buf` outlives the IOAS.
+    let map = |va_off: u64, iova: u64| unsafe {
+        ioas.map_user(
+            Some(Iova(iova)),
+            buf.as_ptr().add(va_off as usize),
+            p,
+            MapFlags::RW,
+        )
+    };
+    map(0, BASE).expect("MAP aligned");
+    ioas.set_huge_pages(false)
+        .expect("PAGE_SIZE alignment with aligned mappings");
+    // Now a mapping whose VA is not page aligned is refused.
+    assert_errno(map(p / 2, BASE + p), libc::EINVAL);
+    ioas.set_huge_pages(true).expect("back to any alignment");
+    map(p / 2, BASE + p).expect("MAP misaligned VA");
+    // ... and the misaligned mapping prevents turning huge pages off.
+    assert_errno(ioas.set_huge_pages(false), libc::EADDRINUSE);
+    ioas.unmap(Iova(BASE + p), p).expect("UNMAP");
+    ioas.unmap(Iova(BASE), p).expect("UNMAP");
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn map_file_of_a_memfd() {
+    let fd = open();
+    let p = page();
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let file = memfd(4 * p);
+    if !fd.probe().supports(Command::IoasMapFile) {
+        // Before 6.13: the typed "unsupported" error, not a generic failure.
+        let e = ioas.map_file(&file, 0, p, None, MapFlags::RW).unwrap_err();
+        assert!(e.is_unsupported(), "{e}");
+        return;
+    }
+    let auto = ioas
+        .map_file(&file, 0, 2 * p, None, MapFlags::RW)
+        .expect("MAP_FILE auto");
+    let fixed = ioas
+        .map_file(&file, 2 * p, 2 * p, Some(Iova(BASE)), MapFlags::READ)
+        .expect("MAP_FILE fixed");
+    assert_eq!(fixed, Iova(BASE));
+    assert_ne!(auto, fixed);
+    // Only file mappings: the pin accounting can move to this process.
+    fd.change_process()
+        .expect("CHANGE_PROCESS with only file mappings");
+    assert_eq!(ioas.unmap(auto, 2 * p).expect("UNMAP"), 2 * p);
+    // Closing the memfd does not affect the mapping: the kernel holds the file.
+    drop(file);
+    assert_eq!(ioas.unmap(fixed, 2 * p).expect("UNMAP after close"), 2 * p);
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn change_process_refuses_user_mappings() {
+    let fd = open();
+    if !fd.probe().supports(Command::IoasChangeProcess) {
+        assert!(fd.change_process().unwrap_err().is_unsupported());
+        return;
+    }
+    fd.change_process()
+        .expect("CHANGE_PROCESS with no mappings");
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let _m = ioas
+        .map_owned(
+            MmapRegion::new(page() as usize).expect("mmap"),
+            None,
+            MapFlags::RW,
+        )
+        .expect("MAP");
+    assert_errno(fd.change_process(), libc::EINVAL);
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn mapping_unmap_returns_the_memory() {
+    let fd = open();
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let m = ioas
+        .map_owned(
+            MmapRegion::new(page() as usize).expect("mmap"),
+            Some(Iova(BASE)),
+            MapFlags::RW,
+        )
+        .expect("MAP");
+    m.region().write_at(0, b"dma").expect("write");
+    let region = m.unmap().expect("UNMAP");
+    let mut b = [0u8; 3];
+    region.read_at(0, &mut b).expect("read");
+    assert_eq!(&b, b"dma");
+    // The IOVA is free again.
+    let again = ioas
+        .map_owned(region, Some(Iova(BASE)), MapFlags::RW)
+        .expect("MAP again at the same IOVA");
+    // A mapping already removed by unmap_all drops quietly.
+    assert_eq!(ioas.unmap_all().expect("UNMAP all"), page());
+    drop(again);
+}
