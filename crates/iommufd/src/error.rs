@@ -83,6 +83,16 @@ pub enum Error {
         object: String,
     },
 
+    /// A device label is already given to another device of the same file: labels
+    /// name devices, so they must be unique.
+    #[error("label {label:#x} is already used by {device}")]
+    LabelInUse {
+        /// The label.
+        label: u64,
+        /// The device that has it.
+        device: crate::DeviceId,
+    },
+
     /// An argument was refused before reaching the kernel (the reason says why).
     #[error("{op}: invalid argument: {reason}")]
     InvalidArgument {
@@ -148,6 +158,7 @@ impl Error {
             | Error::Os { errno, .. } => Some(*errno),
             Error::UnmapSplit { .. } => Some(libc::ENOENT),
             Error::WrongIommufd { .. }
+            | Error::LabelInUse { .. }
             | Error::InvalidArgument { .. }
             | Error::HwInfoDecode { .. } => None,
         }

@@ -41,6 +41,11 @@ bitflags! {
 /// The IOMMU information of a device, from [`Iommufd::hw_info`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HwInfo {
+    /// The device asked about.
+    pub device: DeviceId,
+    /// The device's label, if one was set ([`Iommufd::set_label`]; device binding
+    /// layers set it at bind time).
+    pub label: Option<u64>,
     /// The type-specific data, decoded.
     pub data: HwInfoData,
     /// The kernel's type code of `data` (`enum iommu_hw_info_type`).
@@ -276,6 +281,8 @@ impl Iommufd {
                     }
                 })?;
             return Ok(HwInfo {
+                device: dev,
+                label: self.label_of(dev),
                 data,
                 data_type: out_type,
                 data_len: a.data_len,

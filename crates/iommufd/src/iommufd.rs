@@ -44,6 +44,7 @@ static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 pub struct Iommufd {
     fd: OwnedFd,
     token: u64,
+    labels: crate::labels::Labels,
 }
 
 impl fmt::Debug for Iommufd {
@@ -112,12 +113,17 @@ impl Iommufd {
         Iommufd {
             fd,
             token: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed),
+            labels: Default::default(),
         }
     }
 
     /// The token that identifies this file among the `Iommufd`s of the process.
     pub(crate) fn token(&self) -> u64 {
         self.token
+    }
+
+    pub(crate) fn labels(&self) -> &crate::labels::Labels {
+        &self.labels
     }
 
     /// Fails with [`Error::WrongIommufd`] unless `owner` (an object's token) is this

@@ -125,6 +125,7 @@ mod ids;
 mod ioas;
 mod iommufd;
 mod iova;
+mod labels;
 mod mmap;
 mod probe;
 mod sys;
