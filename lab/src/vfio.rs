@@ -53,6 +53,14 @@ impl VfioDevice {
         })
     }
 
+    /// Wraps an open cdev fd, e.g. a duplicate of one bound by the crate under test
+    /// (bind state belongs to the open file, which duplicates share).
+    pub fn from_owned_fd(fd: std::os::fd::OwnedFd) -> VfioDevice {
+        VfioDevice {
+            file: File::from(fd),
+        }
+    }
+
     /// `VFIO_DEVICE_BIND_IOMMUFD`: returns the dev_id.
     pub fn bind(&self, iommufd: BorrowedFd<'_>) -> io::Result<u32> {
         let mut arg = vfio_device_bind_iommufd {

@@ -17,4 +17,8 @@
 //! # Ok::<(), iommufd_vfio::group::GroupError>(())
 //! ```
 
+pub mod device;
 pub mod group;
+
+pub use device::{BoundDevice, Error, Result, VfioDevice};
+pub use group::{GroupError, IommuGroup, PciAddress, Sysfs};
