@@ -119,6 +119,8 @@
 #![deny(missing_docs)]
 
 mod error;
+#[cfg(feature = "vm-memory")]
+mod guest_memory;
 mod hw_info;
 mod hwpt;
 mod ids;
@@ -136,6 +138,8 @@ pub mod selftest;
 pub use iommufd_uapi as uapi;
 
 pub use crate::error::{DecodeError, Error, Result};
+#[cfg(feature = "vm-memory")]
+pub use crate::guest_memory::{GuestArea, GuestMemoryMapping, MapMethod};
 pub use crate::hw_info::{HW_INFO_TYPE_SELFTEST, HwCapabilities, HwInfo, HwInfoData};
 pub use crate::hwpt::{DirtyBitmap, Hwpt, HwptFlags};
 pub use crate::ids::{DeviceId, HwptId, IoasId, PtId};
