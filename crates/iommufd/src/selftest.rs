@@ -182,6 +182,70 @@ impl<'a> MockDomain<'a> {
         Ok(hwpt)
     }
 
+    /// Attaches PASID `pasid` of the mock device to `pt`
+    /// (`IOMMU_TEST_OP_PASID_ATTACH`, Linux 6.15): the kernel's own PASID attach path
+    /// (`iommufd_device_attach` with a PASID), driven without PASID-capable hardware.
+    /// Needs a device made with [`MockDeviceFlags::PASID`] whose RID is attached to a
+    /// PASID-compatible HWPT ([`HwptFlags::PASID`](crate::HwptFlags::PASID)).
+    pub fn attach_pasid(&self, pasid: u32, pt: impl Into<PtId>) -> Result<()> {
+        let pt = pt.into();
+        self.fd
+            .check_owner("IOMMU_TEST_OP_PASID_ATTACH", pt.owner(), pt)?;
+        let mut cmd = new_cmd(st::IOMMU_TEST_OP_PASID_ATTACH, self.stdev_id);
+        cmd.__bindgen_anon_1.pasid_attach = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_18 {
+            pasid,
+            pt_id: pt.raw(),
+        };
+        test_cmd(self.fd, cmd, "IOMMU_TEST_OP_PASID_ATTACH", pt).map(|_| ())
+    }
+
+    /// Moves PASID `pasid` to `pt` (`IOMMU_TEST_OP_PASID_REPLACE`).
+    pub fn replace_pasid(&self, pasid: u32, pt: impl Into<PtId>) -> Result<()> {
+        let pt = pt.into();
+        self.fd
+            .check_owner("IOMMU_TEST_OP_PASID_REPLACE", pt.owner(), pt)?;
+        let mut cmd = new_cmd(st::IOMMU_TEST_OP_PASID_REPLACE, self.stdev_id);
+        cmd.__bindgen_anon_1.pasid_replace = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_19 {
+            pasid,
+            pt_id: pt.raw(),
+        };
+        test_cmd(self.fd, cmd, "IOMMU_TEST_OP_PASID_REPLACE", pt).map(|_| ())
+    }
+
+    /// Detaches PASID `pasid` (`IOMMU_TEST_OP_PASID_DETACH`).
+    pub fn detach_pasid(&self, pasid: u32) -> Result<()> {
+        let mut cmd = new_cmd(st::IOMMU_TEST_OP_PASID_DETACH, self.stdev_id);
+        cmd.__bindgen_anon_1.pasid_detach =
+            st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_20 { pasid };
+        test_cmd(
+            self.fd,
+            cmd,
+            "IOMMU_TEST_OP_PASID_DETACH",
+            format_args!("pasid {pasid}"),
+        )
+        .map(|_| ())
+    }
+
+    /// Whether PASID `pasid` is attached to `hwpt` (`None`: to nothing), as the
+    /// kernel sees it (`IOMMU_TEST_OP_PASID_CHECK_HWPT`).
+    pub fn pasid_attached_to(&self, pasid: u32, hwpt: Option<HwptId>) -> Result<bool> {
+        let mut cmd = new_cmd(st::IOMMU_TEST_OP_PASID_CHECK_HWPT, self.stdev_id);
+        cmd.__bindgen_anon_1.pasid_check = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_21 {
+            pasid,
+            hwpt_id: hwpt.map_or(0, HwptId::raw),
+        };
+        match test_cmd(
+            self.fd,
+            cmd,
+            "IOMMU_TEST_OP_PASID_CHECK_HWPT",
+            format_args!("pasid {pasid}"),
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EINVAL) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Has the kernel check that the mock domain maps `len` bytes at `iova` to the
     /// pages of this process's memory at `va` ([`md_check_map`]).
     pub fn check_map(&self, iova: Iova, va: *const u8, len: u64) -> Result<()> {

@@ -451,4 +451,74 @@ mod mock {
         let e = mock.replace(&other_ioas).unwrap_err();
         assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
     }
+
+    /// The kernel's PASID attach path on its PASID-capable mock device (width 20):
+    /// attach, check, replace, detach; the rules of the kernel's own
+    /// `iommufd_device_pasid` fixture. On 6.12 the PASID HWPT flag is unsupported.
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn pasid_attach_replace_detach() {
+        let fd = open();
+        let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+        let (major, minor) = kernel_version();
+        let has_pasid = (major, minor) >= (6, 15);
+        let mut mock = match MockDomain::with_flags(&ioas, MockDeviceFlags::PASID) {
+            Ok(m) => m,
+            Err(e) => {
+                assert!(!has_pasid, "PASID mock device on {major}.{minor}: {e}");
+                return;
+            }
+        };
+        let dev = mock.idev_id();
+        let hwpt1 = Hwpt::alloc(&fd, dev, &ioas, HwptFlags::PASID);
+        if !has_pasid {
+            let e = hwpt1.expect_err("no PASID HWPTs before 6.15");
+            assert!(e.is_unsupported(), "{e}");
+            return;
+        }
+        let hwpt1 = hwpt1.expect("HWPT_ALLOC with PASID");
+        let hwpt2 = Hwpt::alloc(&fd, dev, &ioas, HwptFlags::PASID).expect("second PASID HWPT");
+        let plain = Hwpt::alloc(&fd, dev, &ioas, HwptFlags::empty()).expect("plain HWPT");
+        let pasid = 100;
+
+        // Detaching a PASID that was never attached is harmless.
+        mock.detach_pasid(pasid)
+            .expect("detach of an unattached PASID");
+        // The RID must sit on a PASID-compatible domain first.
+        mock.replace(&plain).expect("RID to a plain HWPT");
+        assert_errno(mock.attach_pasid(pasid, &hwpt1), libc::EINVAL);
+        mock.replace(&hwpt1)
+            .expect("RID to a PASID-compatible HWPT");
+
+        mock.attach_pasid(pasid, &hwpt1).expect("attach PASID 100");
+        assert!(
+            mock.pasid_attached_to(pasid, Some(hwpt1.id()))
+                .expect("check")
+        );
+        // An IOAS is not a valid PASID target; a non-PASID HWPT neither.
+        assert_errno(mock.attach_pasid(pasid + 1, &ioas), libc::EINVAL);
+        assert_errno(mock.attach_pasid(pasid + 1, &plain), libc::EINVAL);
+        assert!(mock.pasid_attached_to(pasid + 1, None).expect("check"));
+
+        mock.replace_pasid(pasid, &hwpt2)
+            .expect("replace PASID 100");
+        assert!(
+            mock.pasid_attached_to(pasid, Some(hwpt2.id()))
+                .expect("check")
+        );
+        assert!(
+            !mock
+                .pasid_attached_to(pasid, Some(hwpt1.id()))
+                .expect("check")
+        );
+        // A HWPT a PASID uses cannot be destroyed.
+        let hwpt2_id = hwpt2.id();
+        assert_errno(fd.destroy_raw(hwpt2_id.raw()), libc::EBUSY);
+
+        mock.detach_pasid(pasid).expect("detach PASID 100");
+        assert!(mock.pasid_attached_to(pasid, None).expect("check"));
+        hwpt2.destroy().expect("free once detached");
+        mock.replace(&ioas).expect("RID back to the IOAS");
+        drop((hwpt1, plain));
+    }
 }
