@@ -213,7 +213,7 @@ fn run() -> Res<()> {
         // Unmapped guest RAM is out of the device's reach.
         drop(dma);
         let probe = 0x3000_u64;
-        guest.write_slice(&vec![0u8; 64], GuestAddress(probe))?;
+        guest.write_slice(&[0u8; 64], GuestAddress(probe))?;
         edu.dma_to_memory(0, probe, 64)?;
         let mut after = vec![0xffu8; 64];
         guest.read_slice(&mut after, GuestAddress(probe))?;

@@ -119,12 +119,6 @@ impl<'fd> Ioas<'fd> {
                 region: ManuallyDrop::new(mmap),
             });
         }
-        if out.held.is_empty() {
-            return Err(Error::InvalidArgument {
-                op: "map_guest_memory",
-                reason: "the guest memory has no regions".into(),
-            });
-        }
         Ok(out)
     }
 }
@@ -140,7 +134,7 @@ impl<B: Bitmap> GuestMemoryMapping<'_, B> {
         self.held.iter().map(|h| h.area.len).sum()
     }
 
-    /// Always `false`: an empty guest memory is refused.
+    /// Always `false`: vm-memory refuses a guest memory without regions.
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
