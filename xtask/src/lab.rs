@@ -752,6 +752,62 @@ pub fn demo(opts: &Options) -> Result<bool, String> {
     Ok(ok)
 }
 
+/// `cargo xtask bench`: the iommufd crate's `map_unmap` criterion benchmark (IOAS
+/// map and unmap through the typed API against raw ioctls) in the lab guest, with the
+/// emulated VT-d and the edu devices bound to vfio-pci. FILTERs go to criterion.
+pub fn bench(opts: &Options) -> Result<bool, String> {
+    const BENCH: &str = "map_unmap";
+    ensure_host_tools()?;
+    eprintln!("xtask: building the {BENCH} benchmark for the guest");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["bench", "--no-run", "-p", "iommufd", "--bench", BENCH])
+        .args([
+            "--target",
+            TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cargo bench --no-run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("building the {BENCH} benchmark failed"));
+    }
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == BENCH)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .ok_or(format!("cargo did not report the {BENCH} executable"))?;
+    let kernels = kernels_for(opts, &["7"])?;
+    let mut ok = true;
+    for k in kernels {
+        // Criterion benchmarks only with `--bench`; it writes under ./target/criterion,
+        // which is the guest's /tmp (tmpfs). The guest's ttyS1 is a terminal to it:
+        // no colours or progress lines rewritten in place, the host reads a pipe.
+        let mut args = String::from("--bench --color never");
+        for f in &opts.filters {
+            args.push(' ');
+            args.push_str(f);
+        }
+        let boot = Boot {
+            label: format!("{}-bench", k.series),
+            kernel: k,
+            vtd: true,
+            programs: vec![(format!("bench-{BENCH}"), exe.clone(), args)],
+        };
+        let r = run_boot(&boot, opts)?;
+        r.failures
+            .iter()
+            .for_each(|f| eprintln!("xtask: bench: {f}"));
+        ok &= r.status_ok;
+    }
+    println!("\nbench: {}", if ok { "ok" } else { "FAILED" });
+    Ok(ok)
+}
+
 /// `cargo xtask test`: host tests, the lab on both kernels, the kernel's selftests.
 pub fn test_all(opts: &Options) -> Result<bool, String> {
     let started = Instant::now();

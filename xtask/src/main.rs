@@ -4,6 +4,8 @@
 //!   kernel built from Debian's source package, booted under QEMU with an emulated
 //!   VT-d IOMMU and `edu` PCI devices).
 //! - `cargo xtask demo`: the end-to-end passthrough demo in the lab guest.
+//! - `cargo xtask bench`: the iommufd map/unmap benchmark (typed API against raw
+//!   ioctls) in the lab guest.
 //! - `cargo xtask test`: everything: host tests, then the guest lab on both kernels,
 //!   then the kernel's own iommufd selftests; closes with one cargo-style result line.
 //!
@@ -19,6 +21,11 @@ fn usage() -> &'static str {
       the end-to-end passthrough demo (iommufd-vfio's `passthrough` example) in the
       lab guest: guest RAM mapped at IOVA = GPA, an edu device bound, DMA verified;
       ARGS go to the example (default kernel: 7)
+  cargo xtask bench [--kernel K] [--verbose] [FILTER...]
+      the iommufd crate's map_unmap criterion benchmark (IOAS map + unmap through the
+      typed API against raw ioctls, 4 KiB to 64 MiB, with and without a VT-d domain)
+      in the lab guest, then the typed/raw ratios; FILTER goes to criterion (default
+      kernel: 7)
   cargo xtask test [--timeout SECS]
       host tests (cargo test --workspace), then vmtest on both kernels, then the
       kernel's own iommufd selftests; one closing result line
@@ -40,6 +47,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("vmtest") => lab::Options::parse(&args[1..]).and_then(|o| lab::vmtest(&o)),
         Some("demo") => lab::Options::parse(&args[1..]).and_then(|o| lab::demo(&o)),
+        Some("bench") => lab::Options::parse(&args[1..]).and_then(|o| lab::bench(&o)),
         Some("test") => lab::Options::parse(&args[1..]).and_then(|o| lab::test_all(&o)),
         Some("help" | "-h" | "--help") | None => {
             println!("{}", usage());
