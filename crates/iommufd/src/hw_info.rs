@@ -449,4 +449,130 @@ mod tests {
         assert!(e.is_unsupported(), "{e}");
         assert!(e.to_string().contains("device 1"));
     }
+
+    /// Writes the seed inputs of fuzz target `target` (`fuzz/`) into
+    /// `fuzz/corpus/<target>/` and the committed `fuzz/seeds/<target>/` when
+    /// `IOMMUFD_WRITE_FUZZ_SEEDS` is set; otherwise checks that the committed
+    /// seeds, where present, are still these.
+    fn write_fuzz_seeds(target: &str, seeds: &[(&str, Vec<u8>)]) {
+        let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+        let write = std::env::var_os("IOMMUFD_WRITE_FUZZ_SEEDS").is_some();
+        for (name, bytes) in seeds {
+            if write {
+                for dir in ["corpus", "seeds"].map(|d| fuzz.join(d).join(target)) {
+                    std::fs::create_dir_all(&dir).expect("fuzz seed directory");
+                    std::fs::write(dir.join(name), bytes).expect("fuzz seed");
+                }
+            } else if let Ok(old) = std::fs::read(fuzz.join("seeds").join(target).join(name)) {
+                assert_eq!(
+                    &old, bytes,
+                    "fuzz/seeds/{target}/{name} is stale: run \
+                     IOMMUFD_WRITE_FUZZ_SEEDS=1 cargo test -p iommufd fuzz_seeds"
+                );
+            }
+        }
+    }
+
+    // Seeds of the `hw_info_decode` fuzz target: a type code (u32, little
+    // endian) then the data, as the kernel returns it (native endian).
+    #[test]
+    fn hw_info_decode_fuzz_seeds() {
+        fn input(data_type: u32, data: &[u8]) -> Vec<u8> {
+            let mut v = data_type.to_le_bytes().to_vec();
+            v.extend_from_slice(data);
+            v
+        }
+        let vtd: [u8; 24] = bytes_of(&[
+            (0, &0u32.to_ne_bytes()),
+            (8, &0x00d2_0086_6f06_0462_u64.to_ne_bytes()),
+            (16, &0x0000_0f05_0f80_50da_u64.to_ne_bytes()),
+        ]);
+        let selftest: [u8; 8] = bytes_of(&[(4, &0xdeadbeef_u32.to_ne_bytes())]);
+        let mut smmu = [0u8; 40];
+        for (i, idr) in [0x0894_7f7f_u32, 0x0e60_0000, 0, 0x0000_0010, 0, 0x0000_0075]
+            .iter()
+            .enumerate()
+        {
+            smmu[8 + 4 * i..12 + 4 * i].copy_from_slice(&idr.to_ne_bytes());
+        }
+        smmu[32..36].copy_from_slice(&0x0000_043b_u32.to_ne_bytes());
+        smmu[36..40].copy_from_slice(&2u32.to_ne_bytes());
+        let tegra = [0, 0, 0, 0, 1, 2, 4, 0];
+        let amd: [u8; 16] = bytes_of(&[(0, &0x246_5777_u64.to_ne_bytes())]);
+        let mut vtd_long = vtd.to_vec();
+        vtd_long.extend_from_slice(&[0xa5; 8]);
+        let seeds = [
+            ("vtd", input(uapi::IOMMU_HW_INFO_TYPE_INTEL_VTD, &vtd)),
+            (
+                "vtd_longer",
+                input(uapi::IOMMU_HW_INFO_TYPE_INTEL_VTD, &vtd_long),
+            ),
+            (
+                "vtd_short",
+                input(uapi::IOMMU_HW_INFO_TYPE_INTEL_VTD, &vtd[..20]),
+            ),
+            ("selftest", input(HW_INFO_TYPE_SELFTEST, &selftest)),
+            ("smmuv3", input(uapi::IOMMU_HW_INFO_TYPE_ARM_SMMUV3, &smmu)),
+            (
+                "tegra241",
+                input(uapi::IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV, &tegra),
+            ),
+            ("amd", input(uapi::IOMMU_HW_INFO_TYPE_AMD, &amd)),
+            ("none", input(uapi::IOMMU_HW_INFO_TYPE_NONE, &[])),
+            ("unknown", input(0x7777, &[1, 2, 3])),
+        ];
+        let decoded: Vec<_> = seeds
+            .iter()
+            .map(|(_, v)| {
+                let (ty, data) = v.split_at(4);
+                HwInfoData::decode(u32::from_le_bytes(ty.try_into().expect("4")), data)
+            })
+            .collect();
+        assert_eq!(
+            decoded,
+            [
+                Ok(HwInfoData::IntelVtd {
+                    flags: 0,
+                    cap_reg: 0x00d2_0086_6f06_0462,
+                    ecap_reg: 0x0000_0f05_0f80_50da
+                }),
+                Ok(HwInfoData::IntelVtd {
+                    flags: 0,
+                    cap_reg: 0x00d2_0086_6f06_0462,
+                    ecap_reg: 0x0000_0f05_0f80_50da
+                }),
+                Err(DecodeError::TooShort {
+                    data_type: uapi::IOMMU_HW_INFO_TYPE_INTEL_VTD,
+                    need: 24,
+                    got: 20
+                }),
+                Ok(HwInfoData::Selftest {
+                    flags: 0,
+                    test_reg: 0xdeadbeef
+                }),
+                Ok(HwInfoData::ArmSmmuV3 {
+                    flags: 0,
+                    idr: [0x0894_7f7f, 0x0e60_0000, 0, 0x10, 0, 0x75],
+                    iidr: 0x43b,
+                    aidr: 2
+                }),
+                Ok(HwInfoData::Tegra241Cmdqv {
+                    flags: 0,
+                    version: 1,
+                    log2vcmdqs: 2,
+                    log2vsids: 4
+                }),
+                Ok(HwInfoData::Amd {
+                    efr: 0x246_5777,
+                    efr2: 0
+                }),
+                Ok(HwInfoData::None),
+                Ok(HwInfoData::Unknown {
+                    data_type: 0x7777,
+                    bytes: vec![1, 2, 3]
+                }),
+            ]
+        );
+        write_fuzz_seeds("hw_info_decode", &seeds);
+    }
 }

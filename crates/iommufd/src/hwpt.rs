@@ -222,11 +222,17 @@ pub struct DirtyBitmap {
 }
 
 impl DirtyBitmap {
+    /// The most pages one bitmap covers: 2^32 (512 MiB of bitmap; 16 TiB of IOVA at
+    /// 4 KiB pages). Larger ranges are harvested in pieces; the cap keeps a wrong
+    /// length or page size from committing gigabytes of memory.
+    pub const MAX_PAGES: u64 = 1 << 32;
+
     /// An all-clean bitmap for `len` bytes at `iova`, one bit per `page_size` page.
     ///
     /// Fails with [`Error::InvalidArgument`] unless `page_size` is a power of two,
     /// `len` is a non-zero multiple of it, `iova` is aligned to it, the range does
-    /// not pass `u64::MAX`, and the bitmap can be allocated.
+    /// not pass `u64::MAX`, it covers at most [`DirtyBitmap::MAX_PAGES`] pages, and
+    /// the bitmap can be allocated.
     pub fn new(iova: Iova, len: u64, page_size: u64) -> Result<DirtyBitmap> {
         const OP: &str = "dirty bitmap";
         let invalid = |reason| Error::InvalidArgument { op: OP, reason };
@@ -245,6 +251,9 @@ impl DirtyBitmap {
             return Err(invalid("range passes the end of the IOVA space"));
         }
         let pages = len / page_size;
+        if pages > Self::MAX_PAGES {
+            return Err(invalid("bitmap too large: more than MAX_PAGES pages"));
+        }
         let nwords =
             usize::try_from(pages.div_ceil(64)).map_err(|_| invalid("bitmap too large"))?;
         let mut words = Vec::new();
@@ -482,5 +491,126 @@ mod tests {
             (bm.iova(), bm.page_size(), bm.pages()),
             (Iova(0x4000), 0x1000, 4)
         );
+    }
+
+    /// Writes the seed inputs of fuzz target `target` (`fuzz/`) into
+    /// `fuzz/corpus/<target>/` and the committed `fuzz/seeds/<target>/` when
+    /// `IOMMUFD_WRITE_FUZZ_SEEDS` is set; otherwise checks that the committed
+    /// seeds, where present, are still these.
+    fn write_fuzz_seeds(target: &str, seeds: &[(&str, Vec<u8>)]) {
+        let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+        let write = std::env::var_os("IOMMUFD_WRITE_FUZZ_SEEDS").is_some();
+        for (name, bytes) in seeds {
+            if write {
+                for dir in ["corpus", "seeds"].map(|d| fuzz.join(d).join(target)) {
+                    std::fs::create_dir_all(&dir).expect("fuzz seed directory");
+                    std::fs::write(dir.join(name), bytes).expect("fuzz seed");
+                }
+            } else if let Ok(old) = std::fs::read(fuzz.join("seeds").join(target).join(name)) {
+                assert_eq!(
+                    &old, bytes,
+                    "fuzz/seeds/{target}/{name} is stale: run \
+                     IOMMUFD_WRITE_FUZZ_SEEDS=1 cargo test -p iommufd fuzz_seeds"
+                );
+            }
+        }
+    }
+
+    // Seeds of the `dirty_bitmap` fuzz target (its layout is documented in
+    // fuzz/fuzz_targets/dirty_bitmap.rs): a mode byte, IOVA, two geometry fields,
+    // then the words, all little endian. Structured geometry (mode bit 0 clear)
+    // is a page count - 1 and a page shift; raw geometry is a length and a page
+    // size.
+    #[test]
+    fn dirty_bitmap_fuzz_seeds() {
+        struct Seed {
+            name: &'static str,
+            raw: bool,
+            iova: u64,
+            len: u64,
+            page_size: u64,
+            words: &'static [u64],
+            dirty: Option<&'static [u64]>,
+        }
+        let seeds = [
+            Seed {
+                name: "16_pages",
+                raw: false,
+                iova: 0x10000,
+                len: 0x10000,
+                page_size: 0x1000,
+                words: &[1 << 3 | 1 << 15],
+                dirty: Some(&[3, 15]),
+            },
+            Seed {
+                name: "130_pages_tail",
+                raw: false,
+                iova: 0,
+                len: 130 * 4096,
+                page_size: 4096,
+                words: &[1 | 1 << 63, 1, u64::MAX],
+                dirty: Some(&[0, 63, 64, 128, 129]),
+            },
+            Seed {
+                name: "2m_pages_missing_words",
+                raw: false,
+                iova: 0x4000_0000,
+                len: 512 << 21,
+                page_size: 1 << 21,
+                words: &[0xaaaa_aaaa_aaaa_aaaa, 0, 0x8000_0000_0000_0000],
+                dirty: Some(&[
+                    1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41,
+                    43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63, 191,
+                ]),
+            },
+            Seed {
+                name: "top_page",
+                raw: true,
+                iova: u64::MAX - 4095,
+                len: 4096,
+                page_size: 4096,
+                words: &[1],
+                dirty: Some(&[0]),
+            },
+            Seed {
+                name: "misaligned",
+                raw: true,
+                iova: 2048,
+                len: 4096,
+                page_size: 4096,
+                words: &[1],
+                dirty: None,
+            },
+            Seed {
+                name: "page_size_3000",
+                raw: true,
+                iova: 0,
+                len: 6000,
+                page_size: 3000,
+                words: &[],
+                dirty: None,
+            },
+        ];
+        let mut inputs = Vec::new();
+        for s in &seeds {
+            let got = DirtyBitmap::from_words(Iova(s.iova), s.len, s.page_size, s.words)
+                .ok()
+                .map(|bm| bm.iter_dirty_pages().collect::<Vec<_>>());
+            assert_eq!(got.as_deref(), s.dirty, "{}", s.name);
+            let (f1, f2) = if s.raw {
+                (s.len, s.page_size)
+            } else {
+                (
+                    s.len / s.page_size - 1,
+                    u64::from(s.page_size.trailing_zeros()),
+                )
+            };
+            let mut v = vec![u8::from(s.raw)];
+            for x in [s.iova, f1, f2].iter().chain(s.words) {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+            inputs.push((s.name, v));
+        }
+        write_fuzz_seeds("dirty_bitmap", &inputs);
     }
 }
