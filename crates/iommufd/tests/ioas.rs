@@ -445,3 +445,65 @@ fn mapping_unmap_returns_the_memory() {
     assert_eq!(ioas.unmap_all().expect("UNMAP all"), page());
     drop(again);
 }
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn ioas_iova_alloc_takes_any_length() {
+    // iommufd_ioas.ioas_iova_alloc, variant no_domain: without a domain every length,
+    // page-sized or not, gets a kernel-chosen IOVA and unmaps again.
+    let fd = open();
+    let p = page();
+    let buf = MmapRegion::new(2 * p as usize).expect("mmap");
+    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    for len in 1..2 * p {
+        // SAFETY: `buf` outlives the IOAS; the range is unmapped right away.
+        let iova = unsafe { ioas.map_user(None, buf.as_ptr(), len, MapFlags::RW) }
+            .unwrap_or_else(|e| panic!("MAP of {len} bytes: {e}"));
+        assert_eq!(ioas.unmap(iova, len).expect("UNMAP"), len);
+    }
+}
+
+#[test]
+#[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
+fn copy_sweep_over_a_mapping() {
+    // iommufd_ioas.copy_sweep, variant no_domain: copies of a 2 KiB window slid in
+    // 511-byte steps across an odd-length mapping succeed exactly when the window
+    // lies inside it, and fail with ENOENT otherwise.
+    const WINDOW: u64 = 2048; // MOCK_PAGE_SIZE in the kernel's test
+    let fd = open();
+    let p = page();
+    let buffer_size = 16 * p;
+    let buf = MmapRegion::new(buffer_size as usize).expect("mmap");
+    let src = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let dst = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let last = BASE + buffer_size - 2;
+    // SAFETY: `buf` outlives both IOASes (declared before them), so the copies of
+    // its mapping stay valid until the IOASes are destroyed.
+    unsafe {
+        src.map_user(
+            Some(Iova(BASE)),
+            buf.as_ptr(),
+            last - BASE + 1,
+            MapFlags::RW,
+        )
+        .expect("MAP");
+        let (mut copied, mut refused) = (0, 0);
+        let mut iova = BASE - p;
+        while iova <= last {
+            let r = dst.copy_from(&src, Iova(iova), Some(Iova(BASE)), WINDOW, MapFlags::WRITE);
+            if iova < BASE || iova + WINDOW - 1 > last {
+                assert_errno(r, libc::ENOENT);
+                refused += 1;
+            } else {
+                assert_eq!(r.expect("COPY"), Iova(BASE));
+                assert_eq!(dst.unmap(Iova(BASE), WINDOW).expect("UNMAP"), WINDOW);
+                copied += 1;
+            }
+            iova += 511;
+        }
+        assert!(
+            copied > 0 && refused > 0,
+            "{copied} copied, {refused} refused"
+        );
+    }
+}

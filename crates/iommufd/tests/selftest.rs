@@ -521,4 +521,422 @@ mod mock {
         mock.replace(&ioas).expect("RID back to the IOAS");
         drop((hwpt1, plain));
     }
+
+    // Ported from the kernel's selftests (tools/testing/selftests/iommu/iommufd.c);
+    // the crate documentation ("Kernel selftest cases") maps each kernel case to its
+    // test here.
+
+    use super::common::memfd;
+    use iommufd::Command;
+    use std::os::fd::AsRawFd;
+
+    /// `mmap(2)` of `len` readable and writable bytes: of `file` if given, else
+    /// anonymous memory. For what `MmapRegion` does not do (file mappings, memory
+    /// that is unmapped piecewise); undone with [`raw_munmap`].
+    fn raw_mmap(len: u64, flags: i32, file: Option<&std::fs::File>) -> *mut u8 {
+        let fd = file.map_or(-1, |f| f.as_raw_fd());
+        // SAFETY: a new mapping at an address the kernel chooses; it replaces nothing.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(
+            ptr,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        ptr.cast()
+    }
+
+    /// `munmap(2)` of (part of) a [`raw_mmap`] mapping that no IOAS maps any more.
+    fn raw_munmap(ptr: *mut u8, len: u64) {
+        // SAFETY: callers pass memory of `raw_mmap` that nothing refers to any more:
+        // no Rust reference and no IOAS mapping.
+        let rc = unsafe { libc::munmap(ptr.cast(), len as usize) };
+        assert_eq!(rc, 0, "munmap: {}", std::io::Error::last_os_error());
+    }
+
+    /// The PMD (huge page) size, as the kernel's selftest determines it.
+    fn huge_page_size() -> u64 {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(2 << 20)
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn closing_the_file_frees_ioas_areas_and_mock_domains() {
+        // iommufd_ioas.ioas_auto_destroy and ioas_area_auto_destroy (variant
+        // mock_domain), with the check of the fixture's teardown: closing the file with
+        // an IOAS, its mappings and a mock device still there unpins every page.
+        let p = page();
+        let buf = MmapRegion::new(10 * p as usize).expect("mmap");
+        buf.fill(1);
+        let fd = open();
+        let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+        let empty = fd.alloc_ioas().expect("IOAS_ALLOC");
+        let mock = MockDomain::new(&ioas).expect("MOCK_DOMAIN");
+        for i in 0..10 {
+            // SAFETY: `buf` outlives the file, and closing the file unmaps everything.
+            unsafe {
+                ioas.map_user(
+                    Some(Iova(MOCK_APERTURE_START + i * p)),
+                    buf.as_ptr().add((i * p) as usize),
+                    p,
+                    MapFlags::RW,
+                )
+            }
+            .expect("MAP");
+        }
+        selftest::check_refs(&fd, buf.as_ptr(), 10 * p, 1).expect("pinned for the mock domain");
+        // Leave every object to the release of the file.
+        std::mem::forget(mock);
+        let _ = (ioas.into_id(), empty.into_id());
+        drop(fd);
+        let fd = open();
+        selftest::check_refs(&fd, buf.as_ptr(), 10 * p, 0).expect("unpinned by the close");
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn reserved_overflow_leaves_no_room() {
+        // iommufd_ioas.reserved_overflow (variants no_domain and mock_domain): a
+        // reserved region up to near the top of the IOVA space leaves no room for a
+        // kernel-chosen IOVA (ENOSPC) instead of letting the alignment wrap around.
+        let fd = open();
+        let (reserved, map_len) = if page() == 4096 {
+            (0xffff_ffff_ffff_8001, 0x5000)
+        } else {
+            (u64::MAX - MOCK_PAGE_SIZE * 16, MOCK_PAGE_SIZE * 10)
+        };
+        // The kernel keeps the VA's alignment, up to the length rounded up to a power
+        // of two, in the IOVA it picks. The kernel's test buffer is huge-page aligned,
+        // so the IOVA must be aligned to that rounded length, and no such IOVA is
+        // left. (With a less aligned VA, the end of the IOVA space would fit.)
+        let align = map_len.next_power_of_two();
+        let region = MmapRegion::new((map_len + align) as usize).expect("mmap");
+        let skip = (align - region.as_ptr() as u64 % align) % align;
+        // SAFETY: `skip < align`, so `skip + map_len` bytes are inside the region.
+        let va = unsafe { region.as_ptr().add(skip as usize) };
+        for with_domain in [false, true] {
+            let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+            let _mock = with_domain.then(|| MockDomain::new(&ioas).expect("MOCK_DOMAIN"));
+            selftest::add_reserved(&ioas, Iova(6), reserved).expect("ADD_RESERVED");
+            // SAFETY: refused by the kernel; nothing is mapped.
+            let r = unsafe { ioas.map_user(None, va, map_len, MapFlags::RW) };
+            assert_errno(r, libc::ENOSPC);
+        }
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn mock_domain_basic() {
+        // iommufd_mock_domain.basic, variants one_domain and one_domain_hugepage (user
+        // memory), one_domain_file and one_domain_file_hugepage (memfd;
+        // IOMMU_IOAS_MAP_FILE is unsupported before 6.13).
+        let fd = open();
+        let p = page();
+        let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+        let mock = MockDomain::new(&ioas).expect("MOCK_DOMAIN");
+
+        // One page, checked in the mock page table.
+        let one = MmapRegion::new(p as usize).expect("mmap");
+        // SAFETY: `one` outlives the IOAS (declared before it is unmapped below).
+        let iova = unsafe { ioas.map_user(None, one.as_ptr(), p, MapFlags::RW) }.expect("MAP");
+        mock.check_map(iova, one.as_ptr(), p).expect("MD_CHECK_MAP");
+        assert_eq!(ioas.unmap(iova, p).expect("UNMAP"), p);
+
+        // Memory that is only partly mapped in the process cannot be pinned: 8 pages,
+        // or for the _hugepage variants two huge pages of hugetlbfs memory.
+        for huge in [false, true] {
+            let (size, extra) = if huge {
+                (2 * huge_page_size(), libc::MAP_HUGETLB | libc::MAP_POPULATE)
+            } else {
+                (8 * p, 0)
+            };
+            let buf = raw_mmap(size, libc::MAP_SHARED | libc::MAP_ANONYMOUS | extra, None);
+            // SAFETY: `size / 2` is inside the mapping of `size` bytes.
+            let half = unsafe { buf.add((size / 2) as usize) };
+            raw_munmap(half, size / 2);
+            // SAFETY: refused by the kernel (EFAULT); nothing stays mapped.
+            let r = unsafe { ioas.map_user(None, buf, size, MapFlags::RW) };
+            assert_errno(r, libc::EFAULT);
+            raw_munmap(buf, size / 2);
+            // SAFETY: as above; now the first page is missing too.
+            let r = unsafe { ioas.map_user(None, buf, size, MapFlags::RW) };
+            assert_errno(r, libc::EFAULT);
+        }
+
+        if !fd.probe().supports(Command::IoasMapFile) {
+            let e = ioas
+                .map_file(&memfd(p), 0, p, None, MapFlags::RW)
+                .unwrap_err();
+            assert!(e.is_unsupported(), "{e}");
+            return;
+        }
+        // One page of a memfd: the mock domain maps the file's page, the one a
+        // mapping of the file shows.
+        let file = memfd(p);
+        let view = raw_mmap(p, libc::MAP_SHARED, Some(&file));
+        let iova = ioas
+            .map_file(&file, 0, p, None, MapFlags::RW)
+            .expect("MAP_FILE");
+        mock.check_map(iova, view, p)
+            .expect("MD_CHECK_MAP of the file page");
+        assert_eq!(ioas.unmap(iova, p).expect("UNMAP"), p);
+        raw_munmap(view, p);
+        // Past the end of the file, or of an emptied file: EINVAL.
+        for size in [8 * p, 2 * huge_page_size()] {
+            let tmp = memfd(size);
+            let r = ioas.map_file(&tmp, 0, size + 1, None, MapFlags::RW);
+            assert_errno(r, libc::EINVAL);
+            tmp.set_len(0).expect("ftruncate");
+            let r = ioas.map_file(&tmp, 0, size, None, MapFlags::RW);
+            assert_errno(r, libc::EINVAL);
+        }
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn mock_domain_ro_unshare() {
+        // iommufd_mock_domain.ro_unshare: a read-only mapping of a private file
+        // mapping pins the page the process keeps using: writing to it afterwards
+        // does not move it to another page.
+        let fd = open();
+        let p = page();
+        let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+        let mock = MockDomain::new(&ioas).expect("MOCK_DOMAIN");
+        let exe = std::fs::File::open("/proc/self/exe").expect("open /proc/self/exe");
+        let buf = raw_mmap(p, libc::MAP_PRIVATE, Some(&exe));
+        drop(exe);
+        // SAFETY: `buf` stays mapped until after the range is unmapped below.
+        let iova = unsafe { ioas.map_user(None, buf, p, MapFlags::READ) }.expect("MAP read-only");
+        mock.check_map(iova, buf, p).expect("MD_CHECK_MAP");
+        // SAFETY: `buf` is a private writable mapping of `p` bytes that no Rust
+        // reference points into.
+        unsafe { std::ptr::write_bytes(buf, 1, p as usize) };
+        mock.check_map(iova, buf, p)
+            .expect("MD_CHECK_MAP after a write: same page");
+        assert_eq!(ioas.unmap(iova, p).expect("UNMAP"), p);
+        raw_munmap(buf, p);
+    }
+
+    /// iommufd_mock_domain.all_aligns, or all_aligns_copy if `copy` (a mock domain
+    /// added and destroyed while each mapping exists): every mock-page-aligned start
+    /// and end within 8 CPU pages maps into the mock domains at the right pages and
+    /// pins each page once. Variants one_domain, two_domains and one_domain_file (the
+    /// last from 6.13, with IOMMU_IOAS_MAP_FILE).
+    fn all_aligns(copy: bool) {
+        let fd = open();
+        let p = page();
+        let size = 8 * p;
+        let have_map_file = fd.probe().supports(Command::IoasMapFile);
+        for (domains, file) in [(1, false), (2, false), (1, true)] {
+            if file && !have_map_file {
+                continue; // mock_domain_basic checks that it is unsupported
+            }
+            let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+            let mocks: Vec<_> = (0..domains)
+                .map(|_| MockDomain::new(&ioas).expect("MOCK_DOMAIN"))
+                .collect();
+            let backing = file.then(|| memfd(size));
+            let flags = if file {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS
+            };
+            let buf = raw_mmap(size, flags, backing.as_ref());
+            selftest::check_refs(&fd, buf, size, 0).expect("not pinned yet");
+            for start in (0..size).step_by(MOCK_PAGE_SIZE as usize) {
+                for end in (start + MOCK_PAGE_SIZE..size).step_by(MOCK_PAGE_SIZE as usize) {
+                    let len = end - start;
+                    // SAFETY: `start < size`, inside the mapping.
+                    let va = unsafe { buf.add(start as usize) };
+                    let iova = match &backing {
+                        Some(f) => ioas.map_file(f, start, len, None, MapFlags::RW),
+                        // SAFETY: `buf` stays mapped until after this range is
+                        // unmapped below.
+                        None => unsafe { ioas.map_user(None, va, len, MapFlags::RW) },
+                    }
+                    .unwrap_or_else(|e| panic!("MAP {start:#x}..{end:#x}: {e}"));
+                    let extra = copy.then(|| MockDomain::new(&ioas).expect("MOCK_DOMAIN"));
+                    for m in mocks.iter().chain(&extra) {
+                        m.check_map(iova, va, len)
+                            .unwrap_or_else(|e| panic!("{start:#x}..{end:#x}: {e}"));
+                    }
+                    let (first, last) = (start / p * p, end / p * p);
+                    // SAFETY: `first < size`, inside the mapping.
+                    let first_va = unsafe { buf.add(first as usize) };
+                    selftest::check_refs(&fd, first_va, last - first, 1)
+                        .unwrap_or_else(|e| panic!("{start:#x}..{end:#x} pinned once: {e}"));
+                    if let Some(m) = extra {
+                        m.destroy().expect("DESTROY the added mock device");
+                    }
+                    assert_eq!(ioas.unmap(iova, len).expect("UNMAP"), len);
+                }
+            }
+            selftest::check_refs(&fd, buf, size, 0).expect("unpinned again");
+            raw_munmap(buf, size);
+        }
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn mock_domain_all_aligns() {
+        all_aligns(false);
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn mock_domain_all_aligns_copy() {
+        all_aligns(true);
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn mock_domain_replace() {
+        // iommufd_mock_domain.replace, variants one_domain and two_domains.
+        let fd = open();
+        for domains in [1, 2] {
+            let other = fd.alloc_ioas().expect("IOAS_ALLOC");
+            let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+            let mut first = MockDomain::new(&ioas).expect("MOCK_DOMAIN");
+            let h0 = first.hwpt_id();
+            let second = (domains == 2).then(|| MockDomain::new(&ioas).expect("MOCK_DOMAIN"));
+            first.replace(&other).expect("REPLACE to another IOAS");
+            if domains == 1 {
+                // The HWPT made for the device went away with it.
+                assert_errno(first.replace(h0), libc::ENOENT);
+            }
+            first
+                .replace(&other)
+                .expect("REPLACE to the same IOAS again");
+            if let Some(second) = &second {
+                let h1 = second.hwpt_id();
+                assert_eq!(first.replace(h1).expect("REPLACE to HWPT 1"), h1);
+                assert_eq!(first.replace(h1).expect("REPLACE to HWPT 1 again"), h1);
+                assert_eq!(first.replace(h0).expect("REPLACE to HWPT 0"), h0);
+            }
+            first.replace(&ioas).expect("REPLACE back");
+            drop((second, first));
+            other.destroy().expect("DESTROY the other IOAS");
+        }
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn ioas_iova_alloc_in_mock_pages() {
+        // iommufd_ioas.ioas_iova_alloc, variant mock_domain: with a mock domain only
+        // multiples of its 2 KiB page map; every other length fails with EINVAL.
+        let fd = open();
+        let p = page();
+        let buf = MmapRegion::new(2 * p as usize).expect("mmap");
+        let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+        let _mock = MockDomain::new(&ioas).expect("MOCK_DOMAIN");
+        for len in 1..2 * p {
+            // SAFETY: `buf` outlives the IOAS; a mapped range is unmapped right away.
+            let r = unsafe { ioas.map_user(None, buf.as_ptr(), len, MapFlags::RW) };
+            if len % MOCK_PAGE_SIZE != 0 {
+                assert_errno(r, libc::EINVAL);
+            } else {
+                let iova = r.unwrap_or_else(|e| panic!("MAP of {len} bytes: {e}"));
+                assert_eq!(ioas.unmap(iova, len).expect("UNMAP"), len);
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn dirty_bitmap_buffer_sizes() {
+        // iommufd_dirty_tracking.get_dirty_bitmap and get_dirty_bitmap_no_clear over
+        // the fixture's buffer sizes domain_dirty8k ... domain_dirty128M (not the
+        // _huge variants): the marked pages come back exactly, then are cleared by
+        // the read, or kept with NO_CLEAR. Marks cover whole CPU pages (huge pages
+        // are off, so the IOMMU maps in CPU pages).
+        let fd = open();
+        let per_page = page() / MOCK_PAGE_SIZE;
+        let start = Iova(MOCK_APERTURE_START);
+        for size in [
+            8u64 << 10,
+            16 << 10,
+            64 << 10,
+            128 << 10,
+            320 << 10,
+            64 << 20,
+            128 << 20,
+        ] {
+            let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+            ioas.set_huge_pages(false).expect("HUGE_PAGES off");
+            let mock = MockDomain::new(&ioas).expect("MOCK_DOMAIN");
+            let _m = ioas
+                .map_owned(
+                    MmapRegion::new(size as usize).expect("mmap"),
+                    Some(start),
+                    MapFlags::RW,
+                )
+                .expect("MAP");
+            let hwpt = Hwpt::alloc(&fd, mock.idev_id(), &ioas, HwptFlags::DIRTY_TRACKING)
+                .expect("HWPT_ALLOC with DIRTY_TRACKING");
+            hwpt.set_dirty_tracking(true)
+                .expect("SET_DIRTY_TRACKING on");
+            let mut marks = DirtyBitmap::new(start, size, MOCK_PAGE_SIZE).expect("bitmap");
+            for i in 0..marks.pages() {
+                if (i / per_page) % 2 == 0 {
+                    marks.set(i);
+                }
+            }
+            for no_clear in [false, true] {
+                let what = format!("{size:#x} bytes, no_clear {no_clear}");
+                assert_eq!(
+                    selftest::set_dirty(&hwpt, &marks).expect("TEST_OP_DIRTY"),
+                    marks.count_dirty(),
+                    "{what}"
+                );
+                let got = hwpt
+                    .get_dirty_bitmap(start, size, MOCK_PAGE_SIZE, no_clear)
+                    .expect("GET_DIRTY_BITMAP");
+                assert!(got.as_words() == marks.as_words(), "{what}: first read");
+                let again = hwpt
+                    .get_dirty_bitmap(start, size, MOCK_PAGE_SIZE, no_clear)
+                    .expect("GET_DIRTY_BITMAP");
+                if no_clear {
+                    assert!(again.as_words() == marks.as_words(), "{what}: kept");
+                } else {
+                    assert_eq!(again.count_dirty(), 0, "{what}: cleared by the read");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn set_dirty_tracking_with_a_device_attached() {
+        // iommufd_dirty_tracking.set_dirty_tracking: with a mock device attached to a
+        // dirty-tracking HWPT, tracking turns on and off.
+        let fd = open();
+        let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+        ioas.set_huge_pages(false).expect("HUGE_PAGES off");
+        let mock = MockDomain::new(&ioas).expect("MOCK_DOMAIN");
+        let hwpt = Hwpt::alloc(&fd, mock.idev_id(), &ioas, HwptFlags::DIRTY_TRACKING)
+            .expect("HWPT_ALLOC with DIRTY_TRACKING");
+        let attached =
+            MockDomain::on_hwpt(&hwpt, MockDeviceFlags::empty()).expect("attach to the HWPT");
+        assert_eq!(attached.hwpt_id(), hwpt.id());
+        hwpt.set_dirty_tracking(true)
+            .expect("SET_DIRTY_TRACKING on");
+        hwpt.set_dirty_tracking(false)
+            .expect("SET_DIRTY_TRACKING off");
+        attached
+            .destroy()
+            .expect("DESTROY the attached mock device");
+        hwpt.destroy().expect("DESTROY the HWPT");
+    }
 }
