@@ -493,29 +493,6 @@ mod tests {
         );
     }
 
-    /// Writes the seed inputs of fuzz target `target` (`fuzz/`) into
-    /// `fuzz/corpus/<target>/` and the committed `fuzz/seeds/<target>/` when
-    /// `IOMMUFD_WRITE_FUZZ_SEEDS` is set; otherwise checks that the committed
-    /// seeds, where present, are still these.
-    fn write_fuzz_seeds(target: &str, seeds: &[(&str, Vec<u8>)]) {
-        let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-        let write = std::env::var_os("IOMMUFD_WRITE_FUZZ_SEEDS").is_some();
-        for (name, bytes) in seeds {
-            if write {
-                for dir in ["corpus", "seeds"].map(|d| fuzz.join(d).join(target)) {
-                    std::fs::create_dir_all(&dir).expect("fuzz seed directory");
-                    std::fs::write(dir.join(name), bytes).expect("fuzz seed");
-                }
-            } else if let Ok(old) = std::fs::read(fuzz.join("seeds").join(target).join(name)) {
-                assert_eq!(
-                    &old, bytes,
-                    "fuzz/seeds/{target}/{name} is stale: run \
-                     IOMMUFD_WRITE_FUZZ_SEEDS=1 cargo test -p iommufd fuzz_seeds"
-                );
-            }
-        }
-    }
-
     // Seeds of the `dirty_bitmap` fuzz target (its layout is documented in
     // fuzz/fuzz_targets/dirty_bitmap.rs): a mode byte, IOVA, two geometry fields,
     // then the words, all little endian. Structured geometry (mode bit 0 clear)
@@ -611,6 +588,6 @@ mod tests {
             }
             inputs.push((s.name, v));
         }
-        write_fuzz_seeds("dirty_bitmap", &inputs);
+        crate::fuzz_seeds::write_fuzz_seeds("dirty_bitmap", &inputs);
     }
 }

@@ -197,6 +197,8 @@
 #![deny(missing_docs)]
 
 mod error;
+#[cfg(test)]
+mod fuzz_seeds;
 #[cfg(feature = "vm-memory")]
 mod guest_memory;
 mod hw_info;
