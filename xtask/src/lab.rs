@@ -698,114 +698,100 @@ pub fn vmtest(opts: &Options) -> Result<bool, String> {
     Ok(report(total, &failures, started))
 }
 
-/// `cargo xtask demo`: the passthrough example, run the way a VMM would do it, in the
-/// lab guest (emulated VT-d, edu devices bound to vfio-pci).
-pub fn demo(opts: &Options) -> Result<bool, String> {
-    ensure_host_tools()?;
-    eprintln!("xtask: building the passthrough example for the guest");
+/// Builds one static executable with `cargo <args>` (a `--message-format=json`
+/// build of target `name`) and returns its path.
+fn build_static(args: &[&str], name: &str) -> Result<PathBuf, String> {
+    eprintln!("xtask: building {name} for the guest");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(repo_root())
+        .args(args)
         .args([
+            "--target",
+            TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cargo {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!("building {name} failed"));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .ok_or(format!("cargo did not report the {name} executable"))
+}
+
+/// Runs one program (`exe args`) in a VT-d boot of each selected kernel (default
+/// 7.x) and prints `<what>: ok` or `FAILED`.
+fn run_program(
+    opts: &Options,
+    what: &str,
+    name: &str,
+    exe: &Path,
+    args: String,
+) -> Result<bool, String> {
+    ensure_host_tools()?;
+    let mut ok = true;
+    for k in kernels_for(opts, &["7"])? {
+        let boot = Boot {
+            label: format!("{}-{what}", k.series),
+            kernel: k,
+            vtd: true,
+            programs: vec![(name.to_string(), exe.to_path_buf(), args.clone())],
+        };
+        let r = run_boot(&boot, opts)?;
+        r.failures
+            .iter()
+            .for_each(|f| eprintln!("xtask: {what}: {f}"));
+        ok &= r.status_ok;
+    }
+    println!("\n{what}: {}", if ok { "ok" } else { "FAILED" });
+    Ok(ok)
+}
+
+/// `cargo xtask demo`: the passthrough example, run the way a VMM would do it, in the
+/// lab guest (emulated VT-d, edu devices bound to vfio-pci). Filters are the
+/// example's arguments.
+pub fn demo(opts: &Options) -> Result<bool, String> {
+    let exe = build_static(
+        &[
             "build",
             "--release",
             "-p",
             "iommufd-vfio",
             "--example",
             "passthrough",
-        ])
-        .args([
-            "--target",
-            TARGET,
-            "--message-format=json-render-diagnostics",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cargo build --example passthrough: {e}"))?;
-    if !out.status.success() {
-        return Err("building the passthrough example failed".into());
-    }
-    let exe = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "passthrough")
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .ok_or("cargo did not report the passthrough executable")?;
-    let kernels = kernels_for(opts, &["7"])?;
-    let mut ok = true;
-    for k in kernels {
-        let args = opts.filters.join(" ");
-        let boot = Boot {
-            label: format!("{}-demo", k.series),
-            kernel: k,
-            vtd: true,
-            programs: vec![("passthrough".into(), exe.clone(), args)],
-        };
-        let r = run_boot(&boot, opts)?;
-        r.failures
-            .iter()
-            .for_each(|f| eprintln!("xtask: demo: {f}"));
-        ok &= r.status_ok;
-    }
-    println!("\ndemo: {}", if ok { "ok" } else { "FAILED" });
-    Ok(ok)
+        ],
+        "passthrough",
+    )?;
+    run_program(opts, "demo", "passthrough", &exe, opts.filters.join(" "))
 }
 
-/// `cargo xtask bench`: the iommufd crate's `map_unmap` criterion benchmark (IOAS
-/// map and unmap through the typed API against raw ioctls) in the lab guest, with the
-/// emulated VT-d and the edu devices bound to vfio-pci. FILTERs go to criterion.
+/// `cargo xtask bench`: the `map_unmap` criterion benchmark of the `iommufd` crate in
+/// the lab guest. Filters go to criterion.
 pub fn bench(opts: &Options) -> Result<bool, String> {
     const BENCH: &str = "map_unmap";
-    ensure_host_tools()?;
-    eprintln!("xtask: building the {BENCH} benchmark for the guest");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(repo_root())
-        .args(["bench", "--no-run", "-p", "iommufd", "--bench", BENCH])
-        .args([
-            "--target",
-            TARGET,
-            "--message-format=json-render-diagnostics",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cargo bench --no-run: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("building the {BENCH} benchmark failed"));
-    }
-    let exe = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == BENCH)
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .ok_or(format!("cargo did not report the {BENCH} executable"))?;
-    let kernels = kernels_for(opts, &["7"])?;
-    let mut ok = true;
-    for k in kernels {
-        // Criterion benchmarks only with `--bench`; it writes under ./target/criterion,
-        // which is the guest's /tmp (tmpfs). The guest's ttyS1 is a terminal to it:
-        // no colours or progress lines rewritten in place, the host reads a pipe.
-        let mut args = String::from("--bench --color never");
-        for f in &opts.filters {
-            args.push(' ');
-            args.push_str(f);
-        }
-        let boot = Boot {
-            label: format!("{}-bench", k.series),
-            kernel: k,
-            vtd: true,
-            programs: vec![(format!("bench-{BENCH}"), exe.clone(), args)],
-        };
-        let r = run_boot(&boot, opts)?;
-        r.failures
-            .iter()
-            .for_each(|f| eprintln!("xtask: bench: {f}"));
-        ok &= r.status_ok;
-    }
-    println!("\nbench: {}", if ok { "ok" } else { "FAILED" });
-    Ok(ok)
+    let exe = build_static(
+        &["bench", "--no-run", "-p", "iommufd", "--bench", BENCH],
+        BENCH,
+    )?;
+    // Criterion benchmarks only with `--bench`; it writes under ./target/criterion,
+    // which is the guest's /tmp (tmpfs). The guest's ttyS1 is a terminal to it: no
+    // colours or progress lines rewritten in place, the host reads a pipe.
+    let mut args = vec!["--bench", "--color", "never"];
+    args.extend(opts.filters.iter().map(String::as_str));
+    run_program(
+        opts,
+        "bench",
+        &format!("bench-{BENCH}"),
+        &exe,
+        args.join(" "),
+    )
 }
 
 /// `cargo xtask test`: host tests, the lab on both kernels, the kernel's selftests.
