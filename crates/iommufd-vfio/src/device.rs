@@ -1,4 +1,14 @@
 //! VFIO device cdevs bound to an iommufd.
+//!
+//! ```no_run
+//! use iommufd::Iommufd;
+//! use iommufd_vfio::device::VfioDevice;
+//! let fd = Iommufd::open()?;
+//! let ioas = fd.alloc_ioas()?;
+//! let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+//! dev.attach(&ioas)?;
+//! # Ok::<(), iommufd_vfio::device::Error>(())
+//! ```
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -27,6 +37,19 @@ pub(crate) const VFIO_DEVICE_DETACH_IOMMUFD_PT: libc::c_ulong = vfio_io(20);
 
 /// Errors of device binding and attachment. Each keeps the errno and names the
 /// operation and the device.
+///
+/// ```
+/// use iommufd::Iommufd;
+/// use iommufd_vfio::{Error, VfioDevice};
+/// let err = VfioDevice::open("/nonexistent/vfio0").unwrap_err();
+/// assert!(matches!(err, Error::Open { .. }));
+/// // /dev/null stands in for both files: it answers every ioctl with ENOTTY.
+/// let fd = Iommufd::open_path("/dev/null")?;
+/// let null = VfioDevice::open("/dev/null")?;
+/// let err = null.bind(&fd, 1).unwrap_err();
+/// assert!(matches!(err, Error::Unsupported { op: "VFIO_DEVICE_BIND_IOMMUFD", .. }));
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Opening the cdev failed.
@@ -69,6 +92,17 @@ pub enum Error {
 
 impl Error {
     /// The errno behind the error, if the kernel gave one.
+    ///
+    /// ```
+    /// use iommufd_vfio::{PciAddress, Sysfs, VfioDevice};
+    /// let err = VfioDevice::open("/nonexistent/vfio0").unwrap_err();
+    /// assert_eq!(err.errno(), Some(libc::ENOENT));
+    /// // No errno when the library refuses by itself: here, no IOMMU group in sysfs.
+    /// let nowhere = Sysfs::new("/nonexistent/sys", "/nonexistent/dev");
+    /// let addr: PciAddress = "0000:00:04.0".parse()?;
+    /// assert_eq!(VfioDevice::open_pci(&nowhere, addr).unwrap_err().errno(), None);
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn errno(&self) -> Option<i32> {
         match self {
             Error::Open { source, .. } => source.raw_os_error(),
@@ -80,18 +114,51 @@ impl Error {
     }
 
     /// Whether the running kernel lacks the operation.
+    ///
+    /// ```
+    /// # use iommufd_vfio::VfioDevice;
+    /// // /dev/null is neither a VFIO cdev nor an iommufd: ENOTTY.
+    /// let fd = iommufd::Iommufd::open_path("/dev/null")?;
+    /// let err = VfioDevice::open("/dev/null")?.bind(&fd, 1).unwrap_err();
+    /// assert!(err.is_unsupported());
+    /// assert!(!VfioDevice::open("/nonexistent/vfio0").unwrap_err().is_unsupported());
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Error::Unsupported { .. })
     }
 }
 
 /// Result of this crate's device operations.
+///
+/// ```
+/// use iommufd::Iommufd;
+/// use iommufd_vfio::{Result, VfioDevice};
+///
+/// fn bind_id(fd: &Iommufd, cdev: &str) -> Result<iommufd::DeviceId> {
+///     let dev = VfioDevice::open(cdev)?.bind(fd, 0)?;
+///     Ok(dev.id())
+/// }
+/// let fd = Iommufd::open_path("/dev/null")?; // not an iommufd
+/// assert!(bind_id(&fd, "/nonexistent/vfio0").is_err());
+/// # Ok::<(), iommufd_vfio::Error>(())
+/// ```
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// A VFIO device cdev, opened but not yet bound.
 ///
 /// Until it is bound to an iommufd the kernel blocks every other access to the device
 /// (regions, interrupts).
+///
+/// ```no_run
+/// use iommufd::Iommufd;
+/// use iommufd_vfio::VfioDevice;
+/// let fd = Iommufd::open()?;
+/// let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?;
+/// println!("opened {}", dev.name());
+/// let bound = dev.bind(&fd, 0x20)?; // now regions and interrupts are usable
+/// # Ok::<(), iommufd_vfio::Error>(())
+/// ```
 pub struct VfioDevice {
     file: File,
     name: String,
@@ -144,6 +211,12 @@ fn classify(op: &'static str, device: &str, errno: i32) -> Error {
 
 impl VfioDevice {
     /// Opens the cdev at `path` (`/dev/vfio/devices/vfioN`).
+    ///
+    /// ```no_run
+    /// let dev = iommufd_vfio::VfioDevice::open("/dev/vfio/devices/vfio0")?;
+    /// assert_eq!(dev.name(), "/dev/vfio/devices/vfio0");
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<VfioDevice> {
         let path = path.as_ref();
         let file = OpenOptions::new()
@@ -163,6 +236,17 @@ impl VfioDevice {
     /// Finds the cdev of the PCI device at `addr` through sysfs and opens it, after
     /// checking that its IOMMU group is viable (no other member held by a kernel
     /// driver): the error names each offending device and its driver.
+    ///
+    /// ```no_run
+    /// use iommufd_vfio::{Error, GroupError, Sysfs, VfioDevice};
+    /// let addr = "0000:00:04.0".parse()?;
+    /// match VfioDevice::open_pci(&Sysfs::default(), addr) {
+    ///     Ok(dev) => assert_eq!(dev.name(), "0000:00:04.0"),
+    ///     Err(Error::Group(e @ GroupError::NotViable { .. })) => eprintln!("{e}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn open_pci(sysfs: &Sysfs, addr: PciAddress) -> Result<VfioDevice> {
         sysfs.iommu_group(addr)?.check_viable()?;
         let mut dev = VfioDevice::open(sysfs.vfio_cdev(addr)?)?;
@@ -172,6 +256,15 @@ impl VfioDevice {
 
     /// Adopts an open cdev, e.g. one a privileged helper opened and passed over a
     /// Unix socket. `name` is used in error messages.
+    ///
+    /// ```
+    /// use std::os::fd::OwnedFd;
+    /// use iommufd_vfio::VfioDevice;
+    /// # fn receive_fd() -> std::io::Result<OwnedFd> { Ok(std::fs::File::open("/dev/null")?.into()) }
+    /// let dev = VfioDevice::from_owned_fd(receive_fd()?, "vfio0 from the helper");
+    /// assert_eq!(dev.name(), "vfio0 from the helper");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_owned_fd(fd: OwnedFd, name: impl Into<String>) -> VfioDevice {
         VfioDevice {
             file: File::from(fd),
@@ -180,6 +273,12 @@ impl VfioDevice {
     }
 
     /// The name used in messages: the PCI address or the cdev path.
+    ///
+    /// ```
+    /// let dev = iommufd_vfio::VfioDevice::open("/dev/null")?;
+    /// assert_eq!(dev.name(), "/dev/null");
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -191,6 +290,16 @@ impl VfioDevice {
     /// Binding claims DMA ownership of the device's whole IOMMU group: it fails with
     /// `EPERM` while another member is driven by a kernel driver
     /// ([`VfioDevice::open_pci`] checks that first).
+    ///
+    /// ```no_run
+    /// use iommufd::Iommufd;
+    /// use iommufd_vfio::{Sysfs, VfioDevice};
+    /// let fd = Iommufd::open()?;
+    /// let addr = "0000:00:04.0".parse()?;
+    /// let dev = VfioDevice::open_pci(&Sysfs::default(), addr)?.bind(&fd, 0x20)?;
+    /// assert_eq!(fd.device_by_label(0x20), Some(dev.id()));
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn bind(self, iommufd: &Iommufd, label: u64) -> Result<BoundDevice<'_>> {
         self.bind_inner(iommufd, label, None)
     }
@@ -198,6 +307,16 @@ impl VfioDevice {
     /// Like [`VfioDevice::bind`], presenting a VF token (the UUID shared between a PF
     /// driver and the user of its VFs; Linux 6.17). Older kernels report
     /// [`Error::Unsupported`].
+    ///
+    /// ```no_run
+    /// use iommufd::Iommufd;
+    /// use iommufd_vfio::VfioDevice;
+    /// let fd = Iommufd::open()?;
+    /// // The UUID the PF's user set (vfio-pci's `vf_token`), as 16 bytes.
+    /// let token = 0x2ab74924_c335_45f4_9b16_8569e5b08258_u128.to_be_bytes();
+    /// let vf = VfioDevice::open("/dev/vfio/devices/vfio1")?.bind_with_vf_token(&fd, 0x21, token)?;
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn bind_with_vf_token(
         self,
         iommufd: &Iommufd,
@@ -262,6 +381,19 @@ struct Attachments {
 ///
 /// The device fd ([`AsFd`]) stays usable for regions and interrupts, e.g. by
 /// vfio-ioctls or the VMM's own code.
+///
+/// ```no_run
+/// use std::os::fd::AsFd;
+/// use iommufd::Iommufd;
+/// use iommufd_vfio::VfioDevice;
+/// let fd = Iommufd::open()?;
+/// let ioas = fd.alloc_ioas()?;
+/// let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+/// dev.attach(&ioas)?;
+/// let device_fd = dev.as_fd(); // for VFIO_DEVICE_GET_REGION_INFO, ...
+/// dev.close()?; // or drop it: detach, forget the label, close
+/// # Ok::<(), iommufd_vfio::Error>(())
+/// ```
 pub struct BoundDevice<'fd> {
     dev: VfioDevice,
     iommufd: &'fd Iommufd,
@@ -288,21 +420,59 @@ impl AsFd for BoundDevice<'_> {
 
 impl<'fd> BoundDevice<'fd> {
     /// The id the kernel gave the device in this iommufd.
+    ///
+    /// ```no_run
+    /// # use iommufd::Iommufd;
+    /// # use iommufd_vfio::VfioDevice;
+    /// # let fd = Iommufd::open()?;
+    /// # let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+    /// let info = fd.hw_info(dev.id())?;
+    /// assert_eq!(info.label, Some(0x20));
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn id(&self) -> DeviceId {
         self.id
     }
 
     /// The caller's label.
+    ///
+    /// ```no_run
+    /// # use iommufd::Iommufd;
+    /// # use iommufd_vfio::VfioDevice;
+    /// # let fd = Iommufd::open()?;
+    /// # let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+    /// assert_eq!(dev.label(), 0x20);
+    /// assert_eq!(fd.label_of(dev.id()), Some(dev.label()));
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn label(&self) -> u64 {
         self.label
     }
 
     /// The iommufd the device is bound to.
+    ///
+    /// ```no_run
+    /// # use iommufd::Iommufd;
+    /// # use iommufd_vfio::VfioDevice;
+    /// # let fd = Iommufd::open()?;
+    /// # let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+    /// assert!(std::ptr::eq(dev.iommufd(), &fd));
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn iommufd(&self) -> &'fd Iommufd {
         self.iommufd
     }
 
     /// The name used in messages.
+    ///
+    /// ```no_run
+    /// # use iommufd::Iommufd;
+    /// # use iommufd_vfio::VfioDevice;
+    /// # let fd = Iommufd::open()?;
+    /// # let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+    /// assert_eq!(dev.name(), "/dev/vfio/devices/vfio0");
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.dev.name
     }
@@ -367,6 +537,20 @@ impl<'fd> BoundDevice<'fd> {
     /// Returns the HWPT the device now uses: for an IOAS, the one the kernel created
     /// (or reused) for it. That HWPT belongs to the kernel and goes away with the last
     /// device attached to it.
+    ///
+    /// ```no_run
+    /// use iommufd::{Hwpt, HwptFlags};
+    /// # use iommufd::Iommufd;
+    /// # use iommufd_vfio::VfioDevice;
+    /// # let fd = Iommufd::open()?;
+    /// # let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let auto = dev.attach(&ioas)?; // a HWPT the kernel made
+    /// let hwpt = Hwpt::alloc(&fd, dev.id(), &ioas, HwptFlags::empty())?;
+    /// assert_eq!(dev.attach(&hwpt)?, hwpt.id()); // replaces `auto`
+    /// # dev.detach()?;
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn attach(&self, pt: impl Into<PtId>) -> Result<HwptId> {
         self.attach_inner(None, pt.into())
     }
@@ -374,6 +558,24 @@ impl<'fd> BoundDevice<'fd> {
     /// Attaches one PASID of the device to an IOAS or HWPT (Linux 6.15); replaces an
     /// earlier attachment of the same PASID. Kernels without PASID attach report
     /// [`Error::Unsupported`].
+    ///
+    /// ```no_run
+    /// use iommufd::{Hwpt, HwptFlags};
+    /// # use iommufd::Iommufd;
+    /// # use iommufd_vfio::VfioDevice;
+    /// # let fd = Iommufd::open()?;
+    /// # let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let hwpt = Hwpt::alloc(&fd, dev.id(), &ioas, HwptFlags::PASID)?;
+    /// dev.attach(&hwpt)?;
+    /// match dev.attach_pasid(1, &hwpt) {
+    ///     Ok(_) => println!("PASID 1 attached"),
+    ///     Err(e) if e.is_unsupported() => eprintln!("no PASID attach before Linux 6.15"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # dev.close()?;
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn attach_pasid(&self, pasid: u32, pt: impl Into<PtId>) -> Result<HwptId> {
         self.attach_inner(Some(pasid), pt.into())
     }
@@ -404,26 +606,95 @@ impl<'fd> BoundDevice<'fd> {
 
     /// Detaches the device (`VFIO_DEVICE_DETACH_IOMMUFD_PT`): its DMA is blocked
     /// until it is attached again.
+    ///
+    /// ```no_run
+    /// # use iommufd::Iommufd;
+    /// # use iommufd_vfio::VfioDevice;
+    /// # let fd = Iommufd::open()?;
+    /// # let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// dev.attach(&ioas)?;
+    /// dev.detach()?;
+    /// assert_eq!(dev.attached_to(), None);
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn detach(&self) -> Result<()> {
         self.detach_inner(None)
     }
 
     /// Detaches one PASID.
+    ///
+    /// ```no_run
+    /// # use iommufd::Iommufd;
+    /// # use iommufd_vfio::VfioDevice;
+    /// # let fd = Iommufd::open()?;
+    /// # let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let hwpt = iommufd::Hwpt::alloc(&fd, dev.id(), &ioas, iommufd::HwptFlags::PASID)?;
+    /// # dev.attach(&hwpt)?;
+    /// dev.attach_pasid(1, &hwpt)?;
+    /// dev.detach_pasid(1)?;
+    /// assert!(dev.attached_pasids().is_empty());
+    /// # dev.close()?;
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn detach_pasid(&self, pasid: u32) -> Result<()> {
         self.detach_inner(Some(pasid))
     }
 
     /// What the device is attached to, if anything (as this handle did it).
+    ///
+    /// ```no_run
+    /// use iommufd::PtId;
+    /// # use iommufd::Iommufd;
+    /// # use iommufd_vfio::VfioDevice;
+    /// # let fd = Iommufd::open()?;
+    /// # let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// assert_eq!(dev.attached_to(), None);
+    /// dev.attach(&ioas)?;
+    /// assert_eq!(dev.attached_to(), Some(PtId::from(&ioas)));
+    /// # dev.close()?;
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn attached_to(&self) -> Option<PtId> {
         self.lock().main
     }
 
     /// The PASIDs this handle attached, and to what.
+    ///
+    /// ```no_run
+    /// use iommufd::{Hwpt, HwptFlags, PtId};
+    /// # use iommufd::Iommufd;
+    /// # use iommufd_vfio::VfioDevice;
+    /// # let fd = Iommufd::open()?;
+    /// # let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let hwpt = Hwpt::alloc(&fd, dev.id(), &ioas, HwptFlags::PASID)?;
+    /// dev.attach(&hwpt)?;
+    /// dev.attach_pasid(1, &hwpt)?;
+    /// assert_eq!(dev.attached_pasids(), [(1, PtId::from(&hwpt))]);
+    /// # dev.close()?;
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn attached_pasids(&self) -> Vec<(u32, PtId)> {
         self.lock().pasids.clone()
     }
 
     /// Detaches, forgets the label and closes, reporting the first failure.
+    ///
+    /// ```no_run
+    /// # use iommufd::Iommufd;
+    /// # use iommufd_vfio::VfioDevice;
+    /// # let fd = Iommufd::open()?;
+    /// # let dev = VfioDevice::open("/dev/vfio/devices/vfio0")?.bind(&fd, 0x20)?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// dev.attach(&ioas)?;
+    /// let id = dev.id();
+    /// dev.close()?;
+    /// assert_eq!(fd.label_of(id), None);
+    /// # Ok::<(), iommufd_vfio::Error>(())
+    /// ```
     pub fn close(self) -> Result<()> {
         let r = self.teardown();
         // Drop finds nothing left to detach; it only closes the cdev.

@@ -5,6 +5,17 @@
 //! kernel refuses (`EBUSY`) while another member is driven by a kernel driver that uses
 //! the kernel's DMA API. [`IommuGroup::check_viable`] answers the same question before
 //! binding, naming every offending device and its driver.
+//!
+//! ```
+//! use iommufd_vfio::group::{GroupMember, IommuGroup, PciAddress};
+//! let addr: PciAddress = "0000:00:04.0".parse()?;
+//! let group = IommuGroup {
+//!     id: 7,
+//!     members: vec![GroupMember { device: addr.to_string(), driver: Some("vfio-pci".into()) }],
+//! };
+//! group.check_viable()?;
+//! # Ok::<(), iommufd_vfio::GroupError>(())
+//! ```
 
 use std::fmt;
 use std::fs;
@@ -17,9 +28,24 @@ use thiserror::Error;
 /// Drivers that manage DMA ownership themselves (the kernel marks them
 /// `driver_managed_dma`): a group member bound to one of them does not stop another
 /// member from being bound to `/dev/iommu`.
+///
+/// ```
+/// use iommufd_vfio::group::{DMA_OWNER_SAFE_DRIVERS, GroupMember, IommuGroup};
+/// assert!(DMA_OWNER_SAFE_DRIVERS.contains(&"vfio-pci"));
+/// // A PCIe root port sharing the group does not stop the binding.
+/// let port = GroupMember { device: "0000:00:1c.0".into(), driver: Some("pcieport".into()) };
+/// assert!(IommuGroup { id: 3, members: vec![port] }.check_viable().is_ok());
+/// ```
 pub const DMA_OWNER_SAFE_DRIVERS: &[&str] = &["vfio-pci", "pci-stub", "pcieport"];
 
 /// Errors of sysfs lookups and group checks.
+///
+/// ```
+/// use iommufd_vfio::{GroupError, PciAddress};
+/// let err = "00:04".parse::<PciAddress>().unwrap_err();
+/// assert!(matches!(err, GroupError::BadAddress(ref s) if s == "00:04"));
+/// assert_eq!(err.to_string(), "invalid PCI address \"00:04\" (want DDDD:BB:DD.F)");
+/// ```
 #[derive(Debug, Error)]
 pub enum GroupError {
     /// A PCI address did not parse.
@@ -59,6 +85,14 @@ fn fmt_offenders(o: &[(String, String)]) -> String {
 }
 
 /// A PCI function address: domain, bus, device, function (`0000:00:04.0`).
+///
+/// ```
+/// use iommufd_vfio::PciAddress;
+/// let addr: PciAddress = "0000:3a:1f.7".parse()?;
+/// assert_eq!((addr.domain, addr.bus, addr.device, addr.function), (0, 0x3a, 0x1f, 7));
+/// assert_eq!(addr.to_string(), "0000:3a:1f.7");
+/// # Ok::<(), iommufd_vfio::GroupError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PciAddress {
     /// PCI domain (segment).
@@ -75,6 +109,13 @@ impl FromStr for PciAddress {
     type Err = GroupError;
 
     /// Parses `DDDD:BB:DD.F`, or `BB:DD.F` in domain 0.
+    ///
+    /// ```
+    /// use iommufd_vfio::PciAddress;
+    /// assert_eq!("00:04.0".parse::<PciAddress>()?, "0000:00:04.0".parse()?);
+    /// assert!("0000:00:20.0".parse::<PciAddress>().is_err()); // device numbers end at 0x1f
+    /// # Ok::<(), iommufd_vfio::GroupError>(())
+    /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || GroupError::BadAddress(s.to_string());
         let (head, function) = s.rsplit_once('.').ok_or_else(bad)?;
@@ -111,6 +152,15 @@ impl fmt::Display for PciAddress {
 
 /// Where sysfs and devfs are: `/sys` and `/dev` normally; another root lets tests and
 /// containers point elsewhere.
+///
+/// ```no_run
+/// use iommufd_vfio::{PciAddress, Sysfs};
+/// let sysfs = Sysfs::default(); // /sys and /dev
+/// let addr: PciAddress = "0000:00:04.0".parse()?;
+/// println!("{addr}: driver {:?}, cdev {:?}", sysfs.driver(addr), sysfs.vfio_cdev(addr));
+/// sysfs.iommu_group(addr)?.check_viable()?;
+/// # Ok::<(), iommufd_vfio::GroupError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Sysfs {
     sys: PathBuf,
@@ -135,6 +185,27 @@ fn read_link_name(path: &Path) -> Option<String> {
 
 impl Sysfs {
     /// Sysfs at `sys`, device nodes under `dev`.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("iommufd-vfio-doc-new-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&root);
+    /// # for (dev, drv) in [("0000:00:04.0", "vfio-pci"), ("0000:00:05.0", "e1000e")] {
+    /// #     let (pci, member) = (root.join("sys/bus/pci/devices").join(dev), root.join("sys/kernel/iommu_groups/7/devices").join(dev));
+    /// #     std::fs::create_dir_all(&member)?;
+    /// #     std::fs::create_dir_all(&pci)?;
+    /// #     std::os::unix::fs::symlink(format!("../../../bus/pci/drivers/{drv}"), pci.join("driver"))?;
+    /// #     std::os::unix::fs::symlink(format!("../../../bus/pci/drivers/{drv}"), member.join("driver"))?;
+    /// #     std::os::unix::fs::symlink("../../../../kernel/iommu_groups/7", pci.join("iommu_group"))?;
+    /// # }
+    /// # std::fs::create_dir_all(root.join("sys/bus/pci/devices/0000:00:04.0/vfio-dev/vfio3"))?;
+    /// use iommufd_vfio::Sysfs;
+    /// // `root` holds a copy of the sysfs layout, as a test or container might.
+    /// let sysfs = Sysfs::new(root.join("sys"), root.join("dev"));
+    /// let cdev = sysfs.vfio_cdev("0000:00:04.0".parse()?)?;
+    /// assert_eq!(cdev, root.join("dev/vfio/devices/vfio3"));
+    /// # std::fs::remove_dir_all(&root)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(sys: impl Into<PathBuf>, dev: impl Into<PathBuf>) -> Sysfs {
         Sysfs {
             sys: sys.into(),
@@ -147,11 +218,51 @@ impl Sysfs {
     }
 
     /// The driver bound to the PCI device, if any.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("iommufd-vfio-doc-driver-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&root);
+    /// # for (dev, drv) in [("0000:00:04.0", "vfio-pci"), ("0000:00:05.0", "e1000e")] {
+    /// #     let (pci, member) = (root.join("sys/bus/pci/devices").join(dev), root.join("sys/kernel/iommu_groups/7/devices").join(dev));
+    /// #     std::fs::create_dir_all(&member)?;
+    /// #     std::fs::create_dir_all(&pci)?;
+    /// #     std::os::unix::fs::symlink(format!("../../../bus/pci/drivers/{drv}"), pci.join("driver"))?;
+    /// #     std::os::unix::fs::symlink(format!("../../../bus/pci/drivers/{drv}"), member.join("driver"))?;
+    /// #     std::os::unix::fs::symlink("../../../../kernel/iommu_groups/7", pci.join("iommu_group"))?;
+    /// # }
+    /// # std::fs::create_dir_all(root.join("sys/bus/pci/devices/0000:00:04.0/vfio-dev/vfio3"))?;
+    /// # let sysfs = iommufd_vfio::Sysfs::new(root.join("sys"), root.join("dev"));
+    /// assert_eq!(sysfs.driver("0000:00:04.0".parse()?).as_deref(), Some("vfio-pci"));
+    /// assert_eq!(sysfs.driver("0000:00:06.0".parse()?), None); // no such device
+    /// # std::fs::remove_dir_all(&root)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn driver(&self, addr: PciAddress) -> Option<String> {
         read_link_name(&self.pci_dir(addr).join("driver"))
     }
 
     /// The IOMMU group of a PCI device, with every member and its driver.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("iommufd-vfio-doc-group-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&root);
+    /// # for (dev, drv) in [("0000:00:04.0", "vfio-pci"), ("0000:00:05.0", "e1000e")] {
+    /// #     let (pci, member) = (root.join("sys/bus/pci/devices").join(dev), root.join("sys/kernel/iommu_groups/7/devices").join(dev));
+    /// #     std::fs::create_dir_all(&member)?;
+    /// #     std::fs::create_dir_all(&pci)?;
+    /// #     std::os::unix::fs::symlink(format!("../../../bus/pci/drivers/{drv}"), pci.join("driver"))?;
+    /// #     std::os::unix::fs::symlink(format!("../../../bus/pci/drivers/{drv}"), member.join("driver"))?;
+    /// #     std::os::unix::fs::symlink("../../../../kernel/iommu_groups/7", pci.join("iommu_group"))?;
+    /// # }
+    /// # std::fs::create_dir_all(root.join("sys/bus/pci/devices/0000:00:04.0/vfio-dev/vfio3"))?;
+    /// # let sysfs = iommufd_vfio::Sysfs::new(root.join("sys"), root.join("dev"));
+    /// let group = sysfs.iommu_group("0000:00:04.0".parse()?)?;
+    /// assert_eq!(group.id, 7);
+    /// let drivers: Vec<_> = group.members.iter().map(|m| m.driver.as_deref()).collect();
+    /// assert_eq!(drivers, [Some("vfio-pci"), Some("e1000e")]);
+    /// # std::fs::remove_dir_all(&root)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn iommu_group(&self, addr: PciAddress) -> Result<IommuGroup, GroupError> {
         let link = self.pci_dir(addr).join("iommu_group");
         let id = read_link_name(&link).ok_or(GroupError::NoGroup(addr))?;
@@ -183,6 +294,28 @@ impl Sysfs {
     }
 
     /// The VFIO device cdev (`/dev/vfio/devices/vfioN`) of a PCI device bound to vfio-pci.
+    ///
+    /// ```
+    /// # let root = std::env::temp_dir().join(format!("iommufd-vfio-doc-cdev-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&root);
+    /// # for (dev, drv) in [("0000:00:04.0", "vfio-pci"), ("0000:00:05.0", "e1000e")] {
+    /// #     let (pci, member) = (root.join("sys/bus/pci/devices").join(dev), root.join("sys/kernel/iommu_groups/7/devices").join(dev));
+    /// #     std::fs::create_dir_all(&member)?;
+    /// #     std::fs::create_dir_all(&pci)?;
+    /// #     std::os::unix::fs::symlink(format!("../../../bus/pci/drivers/{drv}"), pci.join("driver"))?;
+    /// #     std::os::unix::fs::symlink(format!("../../../bus/pci/drivers/{drv}"), member.join("driver"))?;
+    /// #     std::os::unix::fs::symlink("../../../../kernel/iommu_groups/7", pci.join("iommu_group"))?;
+    /// # }
+    /// # std::fs::create_dir_all(root.join("sys/bus/pci/devices/0000:00:04.0/vfio-dev/vfio3"))?;
+    /// use iommufd_vfio::GroupError;
+    /// # let sysfs = iommufd_vfio::Sysfs::new(root.join("sys"), root.join("dev"));
+    /// let cdev = sysfs.vfio_cdev("0000:00:04.0".parse()?)?;
+    /// assert!(cdev.ends_with("vfio/devices/vfio3"));
+    /// let e1000e = sysfs.vfio_cdev("0000:00:05.0".parse()?); // not bound to vfio-pci
+    /// assert!(matches!(e1000e, Err(GroupError::NoCdev(_))));
+    /// # std::fs::remove_dir_all(&root)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn vfio_cdev(&self, addr: PciAddress) -> Result<PathBuf, GroupError> {
         let dir = self.pci_dir(addr).join("vfio-dev");
         let entries = fs::read_dir(&dir).map_err(|_| GroupError::NoCdev(addr))?;
@@ -197,6 +330,12 @@ impl Sysfs {
 }
 
 /// One device of an IOMMU group.
+///
+/// ```
+/// use iommufd_vfio::group::GroupMember;
+/// let nic = GroupMember { device: "0000:00:05.0".into(), driver: Some("e1000e".into()) };
+/// assert_eq!(nic.driver.as_deref(), Some("e1000e"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupMember {
     /// Its sysfs name (a PCI address for PCI devices).
@@ -206,6 +345,14 @@ pub struct GroupMember {
 }
 
 /// An IOMMU group and its members.
+///
+/// ```
+/// use iommufd_vfio::IommuGroup;
+/// use iommufd_vfio::group::GroupMember;
+/// let member = |dev: &str, drv: Option<&str>| GroupMember { device: dev.into(), driver: drv.map(Into::into) };
+/// let group = IommuGroup { id: 7, members: vec![member("0000:00:04.0", Some("vfio-pci")), member("0000:00:05.0", None)] };
+/// assert!(group.check_viable().is_ok()); // the unbound member does not count
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IommuGroup {
     /// The group number (`/sys/kernel/iommu_groups/N`).
@@ -218,6 +365,15 @@ impl IommuGroup {
     /// Checks that binding a member to `/dev/iommu` can succeed: every member is
     /// unbound or bound to a driver of [`DMA_OWNER_SAFE_DRIVERS`]. Otherwise fails with
     /// [`GroupError::NotViable`] naming each offending device and its driver.
+    ///
+    /// ```
+    /// use iommufd_vfio::IommuGroup;
+    /// use iommufd_vfio::group::GroupMember;
+    /// let member = |dev: &str, drv: &str| GroupMember { device: dev.into(), driver: Some(drv.into()) };
+    /// let group = IommuGroup { id: 7, members: vec![member("0000:00:04.0", "vfio-pci"), member("0000:00:05.0", "e1000e")] };
+    /// let err = group.check_viable().unwrap_err();
+    /// assert_eq!(err.to_string(), "IOMMU group 7 is not viable: 0000:00:05.0 is bound to e1000e");
+    /// ```
     pub fn check_viable(&self) -> Result<(), GroupError> {
         let offenders: Vec<(String, String)> = self
             .members

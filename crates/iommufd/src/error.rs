@@ -6,6 +6,18 @@ use std::path::PathBuf;
 use crate::{DeviceId, IoasId, Iova};
 
 /// The result type of this crate.
+///
+/// ```
+/// use iommufd::{IoasId, Iommufd, Result};
+///
+/// fn new_ioas(fd: &Iommufd) -> Result<IoasId> {
+///     Ok(fd.alloc_ioas()?.into_id())
+/// }
+/// // /dev/null is not an iommufd: it answers every command with ENOTTY.
+/// let fd = Iommufd::open_path("/dev/null")?;
+/// assert!(new_ioas(&fd).unwrap_err().is_unsupported());
+/// # Ok::<(), iommufd::Error>(())
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An error from an iommufd operation.
@@ -14,6 +26,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// errno ([`Error::errno`]). Kernels that lack a command or flag answer `ENOTTY` or
 /// `EOPNOTSUPP`; those become [`Error::Unsupported`] so callers can branch on
 /// [`Error::is_unsupported`] and fall back.
+///
+/// ```
+/// use iommufd::{Error, Iommufd};
+/// // /dev/null is not an iommufd: it answers every command with ENOTTY.
+/// let fd = Iommufd::open_path("/dev/null")?;
+/// let err = fd.destroy_raw(1).unwrap_err();
+/// assert!(matches!(err, Error::Unsupported { op: "IOMMU_DESTROY", errno: libc::ENOTTY, .. }));
+/// assert!(err.to_string().starts_with("IOMMU_DESTROY on object 1 is not supported"));
+/// // Into std::io::Error, keeping the errno's kind.
+/// let io: std::io::Error = Iommufd::open_path("/nonexistent/iommu").unwrap_err().into();
+/// assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+/// # Ok::<(), iommufd::Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -166,6 +191,15 @@ impl Error {
 
     /// Whether the kernel lacks the command, flag or type (`ENOTTY` / `EOPNOTSUPP`):
     /// the case to fall back on rather than fail.
+    ///
+    /// ```
+    /// use iommufd::Iommufd;
+    /// let fd = Iommufd::open_path("/dev/null")?; // not an iommufd: ENOTTY
+    /// assert!(fd.alloc_ioas().unwrap_err().is_unsupported());
+    /// let missing = Iommufd::open_path("/nonexistent/iommu").unwrap_err();
+    /// assert!(!missing.is_unsupported()); // ENOENT from open(2)
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Error::Unsupported { .. })
     }
@@ -192,6 +226,16 @@ pub(crate) fn is_unsupported_errno(errno: i32) -> bool {
 }
 
 /// An error decoding type-specific data returned by the kernel.
+///
+/// ```
+/// use iommufd::{DecodeError, HwInfoData, uapi};
+/// // Intel VT-d data is a 24-byte structure.
+/// let vtd = uapi::IOMMU_HW_INFO_TYPE_INTEL_VTD;
+/// assert_eq!(
+///     HwInfoData::decode(vtd, &[0; 16]),
+///     Err(DecodeError::TooShort { data_type: vtd, need: 24, got: 16 })
+/// );
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {

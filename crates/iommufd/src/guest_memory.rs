@@ -10,6 +10,19 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MmapRegi
 use crate::{Error, Ioas, Iova, MapFlags, Result};
 
 /// How a guest memory region was mapped.
+///
+/// ```no_run
+/// use iommufd::{Iommufd, MapFlags, MapMethod};
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+///
+/// // Anonymous guest memory has no file: it is mapped by its host addresses.
+/// let guest: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)])?;
+/// # let fd = Iommufd::open()?;
+/// # let ioas = fd.alloc_ioas()?;
+/// let dma = ioas.map_guest_memory(&guest, MapFlags::RW)?;
+/// assert!(dma.areas().all(|a| a.method == MapMethod::UserMemory));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MapMethod {
     /// `IOMMU_IOAS_MAP_FILE` of the region's backing file (Linux 6.13).
@@ -19,6 +32,19 @@ pub enum MapMethod {
 }
 
 /// One region of a [`GuestMemoryMapping`].
+///
+/// ```no_run
+/// # use iommufd::{Iommufd, MapFlags};
+/// # use vm_memory::{GuestAddress, GuestMemoryMmap};
+/// # let guest: GuestMemoryMmap =
+/// #     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x20_0000), 0x10_0000)])?;
+/// # let fd = Iommufd::open()?;
+/// # let ioas = fd.alloc_ioas()?;
+/// let dma = ioas.map_guest_memory(&guest, MapFlags::RW)?;
+/// let first = dma.areas().next().unwrap();
+/// assert_eq!((first.iova.raw(), first.len), (0, 0x10_0000)); // IOVA = GPA
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestArea {
     /// The IOVA, equal to the region's guest physical address.
@@ -41,6 +67,19 @@ struct Held<B> {
 /// freed while devices can reach it. Dropping it unmaps every region; a region whose
 /// unmap fails (other than for being gone already) is leaked rather than freed, and
 /// the error logged.
+///
+/// ```no_run
+/// # use iommufd::{Iommufd, MapFlags};
+/// # use vm_memory::{GuestAddress, GuestMemoryMmap};
+/// # let guest: GuestMemoryMmap =
+/// #     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x20_0000), 0x10_0000)])?;
+/// # let fd = Iommufd::open()?;
+/// # let ioas = fd.alloc_ioas()?;
+/// let dma = ioas.map_guest_memory(&guest, MapFlags::RW)?;
+/// // ... attach the VM's passthrough devices to `ioas`, run the guest ...
+/// drop(dma); // unmaps every region from `ioas`; `guest` keeps its memory
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "dropping a GuestMemoryMapping unmaps the guest memory"]
 pub struct GuestMemoryMapping<'a, B: Bitmap = ()> {
     ioas: &'a Ioas<'a>,
@@ -125,16 +164,53 @@ impl<'fd> Ioas<'fd> {
 
 impl<B: Bitmap> GuestMemoryMapping<'_, B> {
     /// The mapped regions, in guest address order.
+    ///
+    /// ```no_run
+    /// # use iommufd::{Iommufd, MapFlags};
+    /// # use vm_memory::{GuestAddress, GuestMemoryMmap};
+    /// # let guest: GuestMemoryMmap =
+    /// #     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x20_0000), 0x10_0000)])?;
+    /// # let fd = Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let dma = ioas.map_guest_memory(&guest, MapFlags::RW)?;
+    /// let gpas: Vec<u64> = dma.areas().map(|a| a.iova.raw()).collect();
+    /// assert_eq!(gpas, [0, 0x20_0000]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn areas(&self) -> impl Iterator<Item = GuestArea> + '_ {
         self.held.iter().map(|h| h.area)
     }
 
     /// Total bytes mapped.
+    ///
+    /// ```no_run
+    /// # use iommufd::{Iommufd, MapFlags};
+    /// # use vm_memory::{GuestAddress, GuestMemoryMmap};
+    /// # let guest: GuestMemoryMmap =
+    /// #     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x20_0000), 0x10_0000)])?;
+    /// # let fd = Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let dma = ioas.map_guest_memory(&guest, MapFlags::RW)?;
+    /// assert_eq!(dma.len(), 2 * 0x10_0000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn len(&self) -> u64 {
         self.held.iter().map(|h| h.area.len).sum()
     }
 
     /// Always `false`: vm-memory refuses a guest memory without regions.
+    ///
+    /// ```no_run
+    /// # use iommufd::{Iommufd, MapFlags};
+    /// # use vm_memory::{GuestAddress, GuestMemoryMmap};
+    /// # let guest: GuestMemoryMmap =
+    /// #     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x20_0000), 0x10_0000)])?;
+    /// # let fd = Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let dma = ioas.map_guest_memory(&guest, MapFlags::RW)?;
+    /// assert!(!dma.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }

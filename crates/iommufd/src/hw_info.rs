@@ -8,6 +8,13 @@ use crate::{DecodeError, DeviceId, Error, Iommufd, Result};
 
 /// `IOMMU_HW_INFO_TYPE_SELFTEST` of the kernel's mock IOMMU (`iommufd_test.h`).
 /// Known to the decoder without the `selftest` feature: it is only a type code.
+///
+/// ```
+/// use iommufd::{HW_INFO_TYPE_SELFTEST, HwInfoData};
+/// let data = HwInfoData::decode(HW_INFO_TYPE_SELFTEST, &[0; 8])?;
+/// assert_eq!(data, HwInfoData::Selftest { flags: 0, test_reg: 0 });
+/// # Ok::<(), iommufd::DecodeError>(())
+/// ```
 pub const HW_INFO_TYPE_SELFTEST: u32 = 0xfeedbeef;
 
 bitflags! {
@@ -24,14 +31,38 @@ bitflags! {
     pub struct HwCapabilities: u64 {
         /// The IOMMU can track DMA writes: HWPTs with
         /// [`HwptFlags::DIRTY_TRACKING`](crate::HwptFlags::DIRTY_TRACKING) work.
+        ///
+        /// ```
+        /// use iommufd::{HwCapabilities, uapi};
+        /// let caps = HwCapabilities::from_bits_retain(uapi::IOMMU_HW_CAP_DIRTY_TRACKING.into());
+        /// assert!(caps.contains(HwCapabilities::DIRTY_TRACKING));
+        /// ```
         const DIRTY_TRACKING = uapi::IOMMU_HW_CAP_DIRTY_TRACKING as u64;
         /// PCI PASID execute permission (meaningful only if
         /// [`HwInfo::max_pasid_log2`] is not 0).
+        ///
+        /// ```
+        /// use iommufd::{HwCapabilities, uapi};
+        /// let bits = HwCapabilities::PCI_PASID_EXEC.bits();
+        /// assert_eq!(bits, u64::from(uapi::IOMMU_HW_CAP_PCI_PASID_EXEC));
+        /// ```
         const PCI_PASID_EXEC = uapi::IOMMU_HW_CAP_PCI_PASID_EXEC as u64;
         /// PCI PASID privileged mode (meaningful only if
         /// [`HwInfo::max_pasid_log2`] is not 0).
+        ///
+        /// ```
+        /// use iommufd::{HwCapabilities, uapi};
+        /// let bits = HwCapabilities::PCI_PASID_PRIV.bits();
+        /// assert_eq!(bits, u64::from(uapi::IOMMU_HW_CAP_PCI_PASID_PRIV));
+        /// ```
         const PCI_PASID_PRIV = uapi::IOMMU_HW_CAP_PCI_PASID_PRIV as u64;
         /// ATS cannot be used for this device.
+        ///
+        /// ```
+        /// use iommufd::{HwCapabilities, uapi};
+        /// let bits = HwCapabilities::PCI_ATS_NOT_SUPPORTED.bits();
+        /// assert_eq!(bits, u64::from(uapi::IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED));
+        /// ```
         const PCI_ATS_NOT_SUPPORTED = uapi::IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED as u64;
         // Keep bits of newer kernels.
         const _ = !0;
@@ -39,6 +70,17 @@ bitflags! {
 }
 
 /// The IOMMU information of a device, from [`Iommufd::hw_info`].
+///
+/// ```no_run
+/// # let fd = iommufd::Iommufd::open()?;
+/// # let dev = iommufd::DeviceId::from_raw(1);
+/// let info = fd.hw_info(dev)?;
+/// println!("{} (label {:?}): data type {:#x}, {} bytes", info.device, info.label, info.data_type, info.data_len);
+/// if info.max_pasid_log2 > 0 {
+///     println!("{}-bit PASIDs", info.max_pasid_log2);
+/// }
+/// # Ok::<(), iommufd::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HwInfo {
     /// The device asked about.
@@ -59,6 +101,20 @@ pub struct HwInfo {
 }
 
 /// Type-specific IOMMU information, decoded from the bytes the kernel returns.
+///
+/// ```
+/// use iommufd::{HwInfoData, uapi};
+/// let mut amd = [0u8; 16];
+/// amd[..8].copy_from_slice(&0x246_5777u64.to_ne_bytes());
+/// match HwInfoData::decode(uapi::IOMMU_HW_INFO_TYPE_AMD, &amd)? {
+///     HwInfoData::Amd { efr, efr2 } => assert_eq!((efr, efr2), (0x246_5777, 0)),
+///     other => panic!("{other:?}"),
+/// }
+/// // Types this crate does not know keep their bytes.
+/// let unknown = HwInfoData::decode(0x7777, &[1, 2, 3])?;
+/// assert_eq!(unknown, HwInfoData::Unknown { data_type: 0x7777, bytes: vec![1, 2, 3] });
+/// # Ok::<(), iommufd::DecodeError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HwInfoData {
@@ -246,6 +302,19 @@ impl Iommufd {
     /// (`IOMMU_HW_INFO_FLAG_INPUT_TYPE`, Linux 6.17), for IOMMUs that report more
     /// than one type (e.g. SMMUv3 with Tegra241 CMDQV). [`Error::Unsupported`] on
     /// older kernels or if the IOMMU has no data of that type.
+    ///
+    /// ```no_run
+    /// use iommufd::{DeviceId, HwInfoData, Iommufd, uapi};
+    /// # let dev = DeviceId::from_raw(1);
+    /// let fd = Iommufd::open()?;
+    /// if fd.probe().hw_info_input_type {
+    ///     let info = fd.hw_info_of_type(dev, uapi::IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV)?;
+    ///     if let HwInfoData::Tegra241Cmdqv { log2vcmdqs, .. } = info.data {
+    ///         println!("{} VCMDQs", 1u32 << log2vcmdqs);
+    ///     }
+    /// }
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn hw_info_of_type(&self, dev: DeviceId, data_type: u32) -> Result<HwInfo> {
         self.hw_info_inner(dev, Some(data_type))
     }

@@ -21,14 +21,29 @@ bitflags! {
     pub struct HwptFlags: u32 {
         /// The HWPT may be the parent (stage 2) of nested HWPTs
         /// (`IOMMU_HWPT_ALLOC_NEST_PARENT`).
+        ///
+        /// ```
+        /// use iommufd::{HwptFlags, uapi};
+        /// assert_eq!(HwptFlags::NEST_PARENT.bits(), uapi::IOMMU_HWPT_ALLOC_NEST_PARENT);
+        /// ```
         const NEST_PARENT = uapi::IOMMU_HWPT_ALLOC_NEST_PARENT;
         /// The HWPT can track DMA writes (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`, Linux
         /// 6.7); fails with `EOPNOTSUPP` unless the device's
         /// [`HwCapabilities::DIRTY_TRACKING`](crate::HwCapabilities::DIRTY_TRACKING)
         /// is set.
+        ///
+        /// ```
+        /// use iommufd::{HwptFlags, uapi};
+        /// assert_eq!(HwptFlags::DIRTY_TRACKING.bits(), uapi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING);
+        /// ```
         const DIRTY_TRACKING = uapi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
         /// The HWPT may be attached to PASIDs as well as to the whole device
         /// (`IOMMU_HWPT_ALLOC_PASID`, Linux 6.15).
+        ///
+        /// ```
+        /// use iommufd::{HwptFlags, uapi};
+        /// assert_eq!(HwptFlags::PASID.bits(), uapi::IOMMU_HWPT_ALLOC_PASID);
+        /// ```
         const PASID = uapi::IOMMU_HWPT_ALLOC_PASID;
     }
 }
@@ -80,6 +95,19 @@ impl<'fd> Hwpt<'fd> {
     /// Fails with [`Error::WrongIommufd`] if `pt` is an object of another file,
     /// [`Error::Unsupported`] if the kernel or the device's IOMMU lacks a flag, and
     /// `EINVAL` if `pt` is not an IOAS.
+    ///
+    /// ```no_run
+    /// use iommufd::{DeviceId, Hwpt, HwptFlags, Iommufd};
+    /// # let dev = DeviceId::from_raw(1); // from VFIO_DEVICE_BIND_IOMMUFD
+    /// let fd = Iommufd::open()?;
+    /// let ioas = fd.alloc_ioas()?;
+    /// // Dirty tracking where the IOMMU has it, a plain HWPT otherwise.
+    /// let hwpt = match Hwpt::alloc(&fd, dev, &ioas, HwptFlags::DIRTY_TRACKING) {
+    ///     Err(e) if e.is_unsupported() => Hwpt::alloc(&fd, dev, &ioas, HwptFlags::empty())?,
+    ///     other => other?,
+    /// };
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn alloc(
         fd: &'fd Iommufd,
         dev: DeviceId,
@@ -105,17 +133,46 @@ impl<'fd> Hwpt<'fd> {
     }
 
     /// The id.
+    ///
+    /// ```no_run
+    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
+    /// println!("attach the device to {}", hwpt.id()); // e.g. "hwpt 2"
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn id(&self) -> HwptId {
         self.id
     }
 
     /// The file the HWPT belongs to.
+    ///
+    /// ```no_run
+    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
+    /// assert!(std::ptr::eq(hwpt.iommufd(), &fd));
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn iommufd(&self) -> &'fd Iommufd {
         self.fd
     }
 
     /// Starts or stops dirty tracking (`IOMMU_HWPT_SET_DIRTY_TRACKING`, Linux 6.7).
     /// The HWPT must have been allocated with [`HwptFlags::DIRTY_TRACKING`].
+    ///
+    /// ```no_run
+    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
+    /// hwpt.set_dirty_tracking(true)?; // live migration starts
+    /// // ... copy guest memory, then harvest with `get_dirty_bitmap` ...
+    /// hwpt.set_dirty_tracking(false)?;
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
         let mut a: uapi::iommu_hwpt_set_dirty_tracking = arg();
         a.hwpt_id = self.id.raw();
@@ -134,6 +191,21 @@ impl<'fd> Hwpt<'fd> {
     /// `page_size` must be a power of two, and `iova` and `len` multiples of it and
     /// of the IOAS alignment; `page_size` may differ from the IOMMU's page size (the
     /// kernel converts). See [`DirtyBitmap::new`] for the checks made here.
+    ///
+    /// ```no_run
+    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
+    /// # hwpt.set_dirty_tracking(true)?;
+    /// // 1 GiB of guest memory at IOVA 0, in 4 KiB pages; reading clears the state.
+    /// let dirty = hwpt.get_dirty_bitmap(Iova(0), 1 << 30, 4096, false)?;
+    /// assert_eq!(dirty.pages(), 1 << 18);
+    /// for iova in dirty.dirty_iovas() {
+    ///     println!("copy the page at {iova} again");
+    /// }
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn get_dirty_bitmap(
         &self,
         iova: Iova,
@@ -161,12 +233,34 @@ impl<'fd> Hwpt<'fd> {
 
     /// Destroys the HWPT now, returning the kernel's error (e.g. `EBUSY` while a
     /// device is attached) instead of logging it.
+    ///
+    /// ```no_run
+    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
+    /// match hwpt.destroy() {
+    ///     Err(e) if e.errno() == Some(libc::EBUSY) => eprintln!("a device is still attached"),
+    ///     other => other?,
+    /// }
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn destroy(self) -> Result<()> {
         let this = ManuallyDrop::new(self);
         this.fd.destroy_id(this.id.raw(), this.id)
     }
 
     /// Gives up ownership: the HWPT stays in the kernel and its id is returned.
+    ///
+    /// ```no_run
+    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
+    /// let id = hwpt.into_id(); // stays until destroyed by id or the file closes
+    /// fd.destroy_raw(id.raw())?;
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn into_id(self) -> HwptId {
         ManuallyDrop::new(self).id
     }
@@ -225,6 +319,13 @@ impl DirtyBitmap {
     /// The most pages one bitmap covers: 2^32 (512 MiB of bitmap; 16 TiB of IOVA at
     /// 4 KiB pages). Larger ranges are harvested in pieces; the cap keeps a wrong
     /// length or page size from committing gigabytes of memory.
+    ///
+    /// ```
+    /// use iommufd::{DirtyBitmap, Iova};
+    /// assert_eq!(DirtyBitmap::MAX_PAGES * 4096, 16 << 40);
+    /// // 32 TiB at 4 KiB pages is refused before any memory is allocated.
+    /// assert!(DirtyBitmap::new(Iova(0), 32 << 40, 4096).is_err());
+    /// ```
     pub const MAX_PAGES: u64 = 1 << 32;
 
     /// An all-clean bitmap for `len` bytes at `iova`, one bit per `page_size` page.
@@ -233,6 +334,15 @@ impl DirtyBitmap {
     /// `len` is a non-zero multiple of it, `iova` is aligned to it, the range does
     /// not pass `u64::MAX`, it covers at most [`DirtyBitmap::MAX_PAGES`] pages, and
     /// the bitmap can be allocated.
+    ///
+    /// ```
+    /// use iommufd::{DirtyBitmap, Error, Iova};
+    /// let bm = DirtyBitmap::new(Iova(0x20_0000), 2 << 20, 4096)?;
+    /// assert_eq!((bm.pages(), bm.count_dirty()), (512, 0));
+    /// let misaligned = DirtyBitmap::new(Iova(0x800), 4096, 4096);
+    /// assert!(matches!(misaligned, Err(Error::InvalidArgument { .. })));
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn new(iova: Iova, len: u64, page_size: u64) -> Result<DirtyBitmap> {
         const OP: &str = "dirty bitmap";
         let invalid = |reason| Error::InvalidArgument { op: OP, reason };
@@ -271,6 +381,16 @@ impl DirtyBitmap {
 
     /// A bitmap from words in the kernel's layout (e.g. saved earlier). Bits past
     /// the last page are ignored; missing words count as clean.
+    ///
+    /// ```
+    /// use iommufd::{DirtyBitmap, Iova};
+    /// // Three pages: bit 3 lies past the end and is dropped.
+    /// let bm = DirtyBitmap::from_words(Iova(0), 3 * 4096, 4096, &[0b1101])?;
+    /// assert_eq!(bm.as_words(), [0b101]);
+    /// let len = bm.pages() * bm.page_size();
+    /// assert_eq!(DirtyBitmap::from_words(bm.iova(), len, bm.page_size(), bm.as_words())?, bm);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn from_words(iova: Iova, len: u64, page_size: u64, words: &[u64]) -> Result<DirtyBitmap> {
         let mut bm = DirtyBitmap::new(iova, len, page_size)?;
         let n = bm.words.len().min(words.len());
@@ -289,27 +409,63 @@ impl DirtyBitmap {
     }
 
     /// The first IOVA covered.
+    ///
+    /// ```
+    /// # use iommufd::{DirtyBitmap, Iova};
+    /// assert_eq!(DirtyBitmap::new(Iova(0x4000), 0x4000, 0x1000)?.iova(), Iova(0x4000));
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn iova(&self) -> Iova {
         self.iova
     }
 
     /// The bytes each bit stands for.
+    ///
+    /// ```
+    /// # use iommufd::{DirtyBitmap, Iova};
+    /// assert_eq!(DirtyBitmap::new(Iova(0), 4 << 20, 2 << 20)?.page_size(), 2 << 20);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn page_size(&self) -> u64 {
         self.page_size
     }
 
     /// The number of pages (bits) covered.
+    ///
+    /// ```
+    /// # use iommufd::{DirtyBitmap, Iova};
+    /// assert_eq!(DirtyBitmap::new(Iova(0), 1 << 30, 4096)?.pages(), 262_144);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn pages(&self) -> u64 {
         self.pages
     }
 
     /// The words, in the kernel's layout.
+    ///
+    /// ```
+    /// # use iommufd::{DirtyBitmap, Iova};
+    /// let mut bm = DirtyBitmap::new(Iova(0), 128 * 4096, 4096)?;
+    /// bm.set(0);
+    /// bm.set(65);
+    /// assert_eq!(bm.as_words(), [1, 1 << 1]);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn as_words(&self) -> &[u64] {
         &self.words
     }
 
     /// Whether page `page` (counted from [`iova`](DirtyBitmap::iova)) is dirty;
     /// `false` past the end.
+    ///
+    /// ```
+    /// # use iommufd::{DirtyBitmap, Iova};
+    /// let bm = DirtyBitmap::from_words(Iova(0), 4 * 4096, 4096, &[0b0010])?;
+    /// assert!(bm.is_dirty(1));
+    /// assert!(!bm.is_dirty(0));
+    /// assert!(!bm.is_dirty(4)); // past the end
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn is_dirty(&self, page: u64) -> bool {
         if page >= self.pages {
             return false;
@@ -323,6 +479,15 @@ impl DirtyBitmap {
     }
 
     /// Marks page `page` dirty; ignored past the end.
+    ///
+    /// ```
+    /// # use iommufd::{DirtyBitmap, Iova};
+    /// let mut bm = DirtyBitmap::new(Iova(0), 4 * 4096, 4096)?;
+    /// bm.set(2);
+    /// bm.set(4); // past the end: ignored
+    /// assert_eq!(bm.as_words(), [0b100]);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn set(&mut self, page: u64) {
         if page >= self.pages {
             return;
@@ -336,6 +501,13 @@ impl DirtyBitmap {
     }
 
     /// The indices of the dirty pages, ascending.
+    ///
+    /// ```
+    /// # use iommufd::{DirtyBitmap, Iova};
+    /// let bm = DirtyBitmap::from_words(Iova(0), 130 * 4096, 4096, &[1 << 63, 0, 0b10])?;
+    /// assert_eq!(bm.iter_dirty_pages().collect::<Vec<_>>(), [63, 129]);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn iter_dirty_pages(&self) -> impl Iterator<Item = u64> + '_ {
         let pages = self.pages;
         self.words
@@ -349,6 +521,14 @@ impl DirtyBitmap {
     }
 
     /// The IOVAs of the dirty pages, ascending.
+    ///
+    /// ```
+    /// # use iommufd::{DirtyBitmap, Iova};
+    /// let bm = DirtyBitmap::from_words(Iova(0x10_0000), 8 * 4096, 4096, &[0b1001])?;
+    /// let iovas: Vec<Iova> = bm.dirty_iovas().collect();
+    /// assert_eq!(iovas, [Iova(0x10_0000), Iova(0x10_3000)]);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn dirty_iovas(&self) -> impl Iterator<Item = Iova> + '_ {
         // `new` checked that the whole range fits below u64::MAX.
         self.iter_dirty_pages()
@@ -356,6 +536,13 @@ impl DirtyBitmap {
     }
 
     /// The number of dirty pages.
+    ///
+    /// ```
+    /// # use iommufd::{DirtyBitmap, Iova};
+    /// let bm = DirtyBitmap::from_words(Iova(0), 64 * 4096, 4096, &[u64::MAX])?;
+    /// assert_eq!(bm.count_dirty(), 64);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn count_dirty(&self) -> u64 {
         self.iter_dirty_pages().count() as u64
     }

@@ -14,11 +14,21 @@ macro_rules! object_id {
 
         impl $name {
             /// Wraps a raw id, e.g. one received from another process or layer.
+            ///
+            /// ```
+            #[doc = concat!("let id = iommufd::", stringify!($name), "::from_raw(7);")]
+            #[doc = concat!("assert_eq!(id.to_string(), \"", $label, " 7\");")]
+            /// ```
             pub const fn from_raw(id: u32) -> Self {
                 Self(id)
             }
 
             /// The raw id the kernel uses.
+            ///
+            /// ```
+            #[doc = concat!("let id = iommufd::", stringify!($name), "::from_raw(7);")]
+            /// assert_eq!(id.raw(), 7);
+            /// ```
             pub const fn raw(self) -> u32 {
                 self.0
             }
@@ -104,7 +114,12 @@ impl PtId {
         }
     }
 
-    /// The raw id the kernel uses.
+    /// The raw id the kernel uses, whether it names an IOAS or a HWPT.
+    ///
+    /// ```
+    /// use iommufd::{HwptId, PtId};
+    /// assert_eq!(PtId::from(HwptId::from_raw(9)).raw(), 9);
+    /// ```
     pub const fn raw(self) -> u32 {
         self.id
     }

@@ -24,14 +24,30 @@ bitflags! {
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct MapFlags: u32 {
         /// DMA may write the memory (`IOMMU_IOAS_MAP_WRITEABLE`).
+        ///
+        /// ```
+        /// use iommufd::{MapFlags, uapi};
+        /// assert_eq!(MapFlags::WRITE.bits(), uapi::IOMMU_IOAS_MAP_WRITEABLE);
+        /// ```
         const WRITE = uapi::IOMMU_IOAS_MAP_WRITEABLE;
         /// DMA may read the memory (`IOMMU_IOAS_MAP_READABLE`).
+        ///
+        /// ```
+        /// use iommufd::{MapFlags, uapi};
+        /// assert_eq!(MapFlags::READ.bits(), uapi::IOMMU_IOAS_MAP_READABLE);
+        /// ```
         const READ = uapi::IOMMU_IOAS_MAP_READABLE;
     }
 }
 
 impl MapFlags {
     /// Readable and writable.
+    ///
+    /// ```
+    /// use iommufd::MapFlags;
+    /// assert!(MapFlags::RW.contains(MapFlags::READ) && MapFlags::RW.contains(MapFlags::WRITE));
+    /// assert_eq!(MapFlags::RW.bits(), 6);
+    /// ```
     pub const RW: MapFlags = MapFlags::READ.union(MapFlags::WRITE);
 
     /// The kernel flags for a map or copy at `iova` (fixed if `Some`).
@@ -81,6 +97,13 @@ impl fmt::Debug for Ioas<'_> {
 
 impl Iommufd {
     /// Allocates an IOAS: [`Ioas::alloc`].
+    ///
+    /// ```no_run
+    /// let fd = iommufd::Iommufd::open()?;
+    /// let ioas = fd.alloc_ioas()?;
+    /// println!("allocated {}", ioas.id());
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn alloc_ioas(&self) -> Result<Ioas<'_>> {
         Ioas::alloc(self)
     }
@@ -106,11 +129,26 @@ impl<'fd> Ioas<'fd> {
     }
 
     /// The id.
+    ///
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let id = ioas.id(); // e.g. for another layer, as `PtId::from(id)`
+    /// assert_eq!(id.to_string(), format!("ioas {}", id.raw()));
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn id(&self) -> IoasId {
         self.id
     }
 
     /// The file the IOAS belongs to.
+    ///
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// assert!(std::ptr::eq(ioas.iommufd(), &fd));
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn iommufd(&self) -> &'fd Iommufd {
         self.fd
     }
@@ -273,6 +311,18 @@ impl<'fd> Ioas<'fd> {
 
     /// Unmaps everything (`IOMMU_IOAS_UNMAP` of `0..=u64::MAX`); returns the number
     /// of bytes unmapped (0 for an empty IOAS).
+    ///
+    /// ```no_run
+    /// use iommufd::{MapFlags, MmapRegion};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let a = ioas.map_owned(MmapRegion::new(4096)?, None, MapFlags::RW)?;
+    /// let b = ioas.map_owned(MmapRegion::new(8192)?, None, MapFlags::READ)?;
+    /// assert_eq!(ioas.unmap_all()?, 4096 + 8192);
+    /// assert_eq!(ioas.unmap_all()?, 0);
+    /// drop((a, b)); // nothing left to unmap: only the memory is freed
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn unmap_all(&self) -> Result<u64> {
         self.unmap_raw(0, u64::MAX)
             .map_err(|e| Error::from_errno("IOMMU_IOAS_UNMAP", self.id, e.0))
@@ -303,6 +353,18 @@ impl<'fd> Ioas<'fd> {
     /// unmapped; a [`Mapping`] frees its memory after unmapping only its own range, so
     /// the copy of one must be unmapped before the `Mapping` is dropped. Copies of
     /// [`Ioas::map_file`] mappings are always fine.
+    ///
+    /// ```no_run
+    /// use iommufd::{Iommufd, MapFlags};
+    /// # fn memfd(len: u64) -> std::fs::File { unimplemented!() }
+    /// let fd = Iommufd::open()?;
+    /// let (src, dst) = (fd.alloc_ioas()?, fd.alloc_ioas()?);
+    /// let iova = src.map_file(&memfd(1 << 20), 0, 1 << 20, None, MapFlags::RW)?;
+    /// // SAFETY: copies of `map_file` mappings need nothing more.
+    /// let copy = unsafe { dst.copy_from(&src, iova, None, 1 << 20, MapFlags::READ)? };
+    /// println!("{iova} of {} is {copy} of {}", src.id(), dst.id());
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub unsafe fn copy_from(
         &self,
         src: &Ioas<'_>,
@@ -416,6 +478,14 @@ impl<'fd> Ioas<'fd> {
     /// Off means every mapping is split into `PAGE_SIZE` pages, which raises the IOVA
     /// alignment to `PAGE_SIZE` (VFIO type1 v1 semantics); turning it off fails with
     /// `EADDRINUSE` while a mapping is not `PAGE_SIZE` aligned.
+    ///
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// ioas.set_huge_pages(false)?; // before mapping anything
+    /// assert!(!ioas.huge_pages()?);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn set_huge_pages(&self, enable: bool) -> Result<()> {
         self.fd
             .option(
@@ -428,6 +498,13 @@ impl<'fd> Ioas<'fd> {
     }
 
     /// Whether huge IOMMU pages are allowed (`IOMMU_OPTION_HUGE_PAGES`).
+    ///
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// assert!(ioas.huge_pages()?); // on by default
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn huge_pages(&self) -> Result<bool> {
         let v = self
             .fd
@@ -437,6 +514,15 @@ impl<'fd> Ioas<'fd> {
 
     /// Destroys the IOAS now, returning the kernel's error (e.g. `EBUSY` while a
     /// device or HWPT uses it) instead of logging it.
+    ///
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let id = ioas.id();
+    /// ioas.destroy()?;
+    /// assert_eq!(fd.destroy_raw(id.raw()).unwrap_err().errno(), Some(libc::ENOENT));
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn destroy(self) -> Result<()> {
         let this = ManuallyDrop::new(self);
         this.fd.destroy_id(this.id.raw(), this.id)
@@ -444,6 +530,13 @@ impl<'fd> Ioas<'fd> {
 
     /// Gives up ownership: the IOAS stays in the kernel (until
     /// [`Iommufd::destroy_raw`] or until the file is closed) and its id is returned.
+    ///
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// let id = fd.alloc_ioas()?.into_id(); // e.g. for a layer that owns it from now on
+    /// fd.destroy_raw(id.raw())?;
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn into_id(self) -> IoasId {
         ManuallyDrop::new(self).id
     }
@@ -480,6 +573,17 @@ impl From<&Ioas<'_>> for PtId {
 /// fails for a reason other than the range being gone already (e.g. `EBUSY` while an
 /// in-kernel user holds the pages), the memory is leaked rather than freed, and the
 /// error is logged.
+///
+/// ```no_run
+/// use iommufd::{Iommufd, Iova, MapFlags, MmapRegion};
+/// let fd = Iommufd::open()?;
+/// let ioas = fd.alloc_ioas()?;
+/// let ring = ioas.map_owned(MmapRegion::new(1 << 16)?, Some(Iova(0x10_0000)), MapFlags::RW)?;
+/// assert_eq!((ring.iova(), ring.len()), (Iova(0x10_0000), 1 << 16));
+/// ring.region().write_at(0, &[0; 64])?; // the CPU side of the ring
+/// drop(ring); // unmapped from the IOAS, then freed
+/// # Ok::<(), iommufd::Error>(())
+/// ```
 #[must_use = "dropping a Mapping unmaps and frees its memory"]
 pub struct Mapping<'a> {
     ioas: &'a Ioas<'a>,
@@ -499,26 +603,72 @@ impl fmt::Debug for Mapping<'_> {
 
 impl<'a> Mapping<'a> {
     /// Where devices see the memory.
+    ///
+    /// ```no_run
+    /// # use iommufd::{MapFlags, MmapRegion};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let m = ioas.map_owned(MmapRegion::new(1 << 16)?, None, MapFlags::RW)?;
+    /// println!("program the device's DMA address: {}", m.iova());
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn iova(&self) -> Iova {
         self.iova
     }
 
     /// The length in bytes.
+    ///
+    /// ```no_run
+    /// # use iommufd::{MapFlags, MmapRegion};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let m = ioas.map_owned(MmapRegion::new(1 << 16)?, None, MapFlags::RW)?;
+    /// assert_eq!(m.len(), m.region().len() as u64);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn len(&self) -> u64 {
         self.region.len() as u64
     }
 
     /// Always `false`: a mapping has at least one byte.
+    ///
+    /// ```no_run
+    /// # use iommufd::{MapFlags, MmapRegion};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let m = ioas.map_owned(MmapRegion::new(1 << 16)?, None, MapFlags::RW)?;
+    /// assert!(!m.is_empty());
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         false
     }
 
     /// The IOAS the memory is mapped in.
+    ///
+    /// ```no_run
+    /// # use iommufd::{MapFlags, MmapRegion};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let m = ioas.map_owned(MmapRegion::new(1 << 16)?, None, MapFlags::RW)?;
+    /// assert_eq!(m.ioas().id(), ioas.id());
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn ioas(&self) -> &'a Ioas<'a> {
         self.ioas
     }
 
     /// The memory, for the CPU side of the DMA.
+    ///
+    /// ```no_run
+    /// # use iommufd::{MapFlags, MmapRegion};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let m = ioas.map_owned(MmapRegion::new(1 << 16)?, None, MapFlags::RW)?;
+    /// let mut header = [0u8; 16];
+    /// m.region().read_at(0, &mut header)?; // what the device wrote
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn region(&self) -> &MmapRegion {
         &self.region
     }
@@ -527,6 +677,16 @@ impl<'a> Mapping<'a> {
     ///
     /// On failure the memory is leaked (it may still be mapped) and the error
     /// returned.
+    ///
+    /// ```no_run
+    /// # use iommufd::{MapFlags, MmapRegion};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let m = ioas.map_owned(MmapRegion::new(1 << 16)?, None, MapFlags::RW)?;
+    /// let region = m.unmap()?; // devices can no longer reach it
+    /// let m = ioas.map_owned(region, None, MapFlags::READ)?; // map it again, read-only
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn unmap(self) -> Result<MmapRegion> {
         let mut this = ManuallyDrop::new(self);
         match this.unmap_range() {

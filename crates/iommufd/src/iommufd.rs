@@ -12,6 +12,15 @@ use crate::sys::arg;
 use crate::{Error, Result};
 
 /// The conventional path of the iommufd character device.
+///
+/// ```
+/// use iommufd::{DEFAULT_PATH, Iommufd};
+/// assert_eq!(DEFAULT_PATH, "/dev/iommu");
+/// // What `Iommufd::open` opens; where it is missing, the error names it.
+/// if let Err(e) = Iommufd::open_path(DEFAULT_PATH) {
+///     assert!(e.to_string().starts_with("opening /dev/iommu: "));
+/// }
+/// ```
 pub const DEFAULT_PATH: &str = "/dev/iommu";
 
 /// Source of the per-file tokens that tie objects to their [`Iommufd`].
@@ -58,6 +67,17 @@ impl fmt::Debug for Iommufd {
 
 /// How pinned pages are charged against `RLIMIT_MEMLOCK`
 /// ([`Iommufd::set_rlimit_mode`]).
+///
+/// ```no_run
+/// use iommufd::{Iommufd, RlimitMode};
+/// let fd = Iommufd::open()?;
+/// // Charge pinned guest memory to this process, as VFIO type1 did, if allowed.
+/// match fd.set_rlimit_mode(RlimitMode::Process) {
+///     Err(e) if e.errno() == Some(libc::EPERM) => eprintln!("no CAP_SYS_RESOURCE"),
+///     other => other?,
+/// }
+/// # Ok::<(), iommufd::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RlimitMode {
     /// Charged to the user (`user_struct::locked_vm`): the default, shared by all
@@ -216,6 +236,13 @@ impl Iommufd {
     }
 
     /// How pinned pages are charged (`IOMMU_OPTION_RLIMIT_MODE`).
+    ///
+    /// ```no_run
+    /// use iommufd::{Iommufd, RlimitMode};
+    /// let fd = Iommufd::open()?;
+    /// assert_eq!(fd.rlimit_mode()?, RlimitMode::User); // the default
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn rlimit_mode(&self) -> Result<RlimitMode> {
         let v = self.option(uapi::IOMMU_OPTION_RLIMIT_MODE, None, 0, "iommufd")?;
         Ok(if v == 0 {

@@ -61,16 +61,47 @@ impl Iommufd {
 
     /// Forgets the label of `dev` (binding layers do this when the device goes), and
     /// returns it.
+    ///
+    /// ```
+    /// # let fd = iommufd::Iommufd::open_path("/dev/null")?; // labels never reach the kernel
+    /// use iommufd::DeviceId;
+    /// let dev = DeviceId::from_raw(3);
+    /// fd.set_label(dev, 0x10)?;
+    /// assert_eq!(fd.clear_label(dev), Some(0x10));
+    /// assert_eq!(fd.clear_label(dev), None);
+    /// assert_eq!(fd.device_by_label(0x10), None);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn clear_label(&self, dev: DeviceId) -> Option<u64> {
         self.labels().lock().remove(&dev.raw())
     }
 
     /// The label of `dev`, if it has one.
+    ///
+    /// ```
+    /// # let fd = iommufd::Iommufd::open_path("/dev/null")?; // labels never reach the kernel
+    /// use iommufd::DeviceId;
+    /// assert_eq!(fd.label_of(DeviceId::from_raw(1)), None);
+    /// fd.set_label(DeviceId::from_raw(1), 0x0004)?;
+    /// assert_eq!(fd.label_of(DeviceId::from_raw(1)), Some(0x0004));
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn label_of(&self, dev: DeviceId) -> Option<u64> {
         self.labels().lock().get(&dev.raw()).copied()
     }
 
     /// The device that has `label`, if any.
+    ///
+    /// ```
+    /// # let fd = iommufd::Iommufd::open_path("/dev/null")?; // labels never reach the kernel
+    /// use iommufd::DeviceId;
+    /// // Labels as a VMM's guest BDFs: 00:04.0 and 00:05.0.
+    /// fd.set_label(DeviceId::from_raw(1), 0x20)?;
+    /// fd.set_label(DeviceId::from_raw(2), 0x28)?;
+    /// assert_eq!(fd.device_by_label(0x28), Some(DeviceId::from_raw(2)));
+    /// assert_eq!(fd.device_by_label(0x30), None);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn device_by_label(&self, label: u64) -> Option<DeviceId> {
         self.labels()
             .lock()

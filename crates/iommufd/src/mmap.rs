@@ -46,6 +46,17 @@ impl fmt::Debug for MmapRegion {
 impl MmapRegion {
     /// Maps `len` bytes of zeroed, readable and writable memory. `len` must not be 0
     /// and is not rounded (the kernel maps whole pages; only `len` bytes are used).
+    ///
+    /// ```
+    /// use iommufd::{Error, MmapRegion};
+    /// let region = MmapRegion::new(100)?;
+    /// assert_eq!(region.len(), 100);
+    /// let mut buf = [0xff; 100];
+    /// region.read_at(0, &mut buf)?;
+    /// assert_eq!(buf, [0; 100]); // zeroed
+    /// assert!(matches!(MmapRegion::new(0), Err(Error::InvalidArgument { .. })));
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn new(len: usize) -> Result<MmapRegion> {
         if len == 0 {
             return Err(Error::InvalidArgument {
@@ -80,17 +91,33 @@ impl MmapRegion {
         }
     }
 
-    /// The start address.
+    /// The start address (page aligned), e.g. for [`Ioas::map_user`](crate::Ioas::map_user).
+    ///
+    /// ```
+    /// let region = iommufd::MmapRegion::new(4096)?;
+    /// assert_eq!(region.as_ptr() as usize % 4096, 0);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
-    /// The length in bytes.
+    /// The length in bytes, as asked for (not rounded up to pages).
+    ///
+    /// ```
+    /// assert_eq!(iommufd::MmapRegion::new(6000)?.len(), 6000);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Always `false`: a region has at least one byte.
+    ///
+    /// ```
+    /// assert!(!iommufd::MmapRegion::new(1)?.is_empty());
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         false
     }
@@ -106,6 +133,18 @@ impl MmapRegion {
     }
 
     /// Copies `buf.len()` bytes at `offset` out of the region.
+    ///
+    /// Fails with [`Error::InvalidArgument`] if they do not all lie in the region.
+    ///
+    /// ```
+    /// # let region = iommufd::MmapRegion::new(4096)?;
+    /// region.write_at(16, &[1, 2, 3, 4])?; // e.g. written by a device's DMA
+    /// let mut status = [0u8; 4];
+    /// region.read_at(16, &mut status)?;
+    /// assert_eq!(status, [1, 2, 3, 4]);
+    /// assert!(region.read_at(4094, &mut status).is_err());
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len(), "MmapRegion::read_at")?;
         // SAFETY: `offset + buf.len() <= self.len` (checked), so the source lies in
@@ -122,6 +161,17 @@ impl MmapRegion {
     }
 
     /// Copies `data` into the region at `offset`.
+    ///
+    /// Fails with [`Error::InvalidArgument`] if it does not fit, writing nothing.
+    ///
+    /// ```
+    /// use iommufd::{Error, MmapRegion};
+    /// let region = MmapRegion::new(4096)?;
+    /// region.write_at(4092, b"tail")?;
+    /// let err = region.write_at(4093, b"tail").unwrap_err();
+    /// assert!(matches!(err, Error::InvalidArgument { op: "MmapRegion::write_at", .. }));
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check(offset, data.len(), "MmapRegion::write_at")?;
         // SAFETY: as in `read_at`, with source and destination swapped. Writing
@@ -133,6 +183,15 @@ impl MmapRegion {
     }
 
     /// Fills the whole region with `byte`.
+    ///
+    /// ```
+    /// let region = iommufd::MmapRegion::new(8192)?;
+    /// region.fill(0xa5);
+    /// let mut last = [0u8; 1];
+    /// region.read_at(8191, &mut last)?;
+    /// assert_eq!(last, [0xa5]);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn fill(&self, byte: u8) {
         // SAFETY: the whole mapping of `self.len` bytes is owned by `self`.
         unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), byte, self.len) }

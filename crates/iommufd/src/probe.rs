@@ -11,6 +11,13 @@ use crate::sys::{Errno, ProbeArg, arg};
 macro_rules! commands {
     ($($(#[$doc:meta])* $variant:ident = $ioctl:ident, $since:literal;)*) => {
         /// An iommufd command, for [`Features::supports`].
+        ///
+        /// ```
+        /// use iommufd::Command;
+        /// let cmd = Command::IoasMapFile;
+        /// assert_eq!(cmd.to_string(), "IOMMU_IOAS_MAP_FILE");
+        /// assert_eq!(cmd.since(), "6.13");
+        /// ```
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[non_exhaustive]
         pub enum Command {
@@ -19,9 +26,21 @@ macro_rules! commands {
 
         impl Command {
             /// Every command this crate knows, in ioctl number order.
+            ///
+            /// ```
+            /// use iommufd::Command;
+            /// assert_eq!(Command::ALL[0], Command::Destroy);
+            /// assert!(Command::ALL.windows(2).all(|w| w[0].request() < w[1].request()));
+            /// ```
             pub const ALL: &[Command] = &[$(Command::$variant,)*];
 
             /// The ioctl request number.
+            ///
+            /// ```
+            /// use iommufd::{Command, uapi};
+            /// assert_eq!(Command::IoasMap.request(), uapi::IOMMU_IOAS_MAP);
+            /// assert_eq!(Command::IoasMap.request(), 0x3b85); // _IO(';', 0x85)
+            /// ```
             pub const fn request(self) -> c_ulong {
                 match self {
                     $(Command::$variant => uapi::$ioctl,)*
@@ -29,6 +48,11 @@ macro_rules! commands {
             }
 
             /// The name of the ioctl, e.g. `"IOMMU_IOAS_MAP"`.
+            ///
+            /// ```
+            /// use iommufd::Command;
+            /// assert_eq!(Command::HwptAlloc.name(), "IOMMU_HWPT_ALLOC");
+            /// ```
             pub const fn name(self) -> &'static str {
                 match self {
                     $(Command::$variant => stringify!($ioctl),)*
@@ -36,6 +60,11 @@ macro_rules! commands {
             }
 
             /// The first Linux release with the command.
+            ///
+            /// ```
+            /// use iommufd::Command;
+            /// assert_eq!(Command::HwptGetDirtyBitmap.since(), "6.7");
+            /// ```
             pub const fn since(self) -> &'static str {
                 match self {
                     $(Command::$variant => $since,)*
@@ -131,11 +160,27 @@ pub struct Features {
 
 impl Features {
     /// Whether the kernel has `cmd`.
+    ///
+    /// ```no_run
+    /// use iommufd::{Command, Iommufd};
+    /// let fd = Iommufd::open()?;
+    /// let dirty_tracking = fd.probe().supports(Command::HwptSetDirtyTracking);
+    /// println!("dirty tracking commands (Linux 6.7): {dirty_tracking}");
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn supports(&self, cmd: Command) -> bool {
         self.commands & cmd.bit() != 0
     }
 
     /// The commands the kernel has.
+    ///
+    /// ```no_run
+    /// let fd = iommufd::Iommufd::open()?;
+    /// for cmd in fd.probe().commands() {
+    ///     println!("{cmd} (since {})", cmd.since());
+    /// }
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn commands(&self) -> impl Iterator<Item = Command> + '_ {
         Command::ALL.iter().copied().filter(|c| self.supports(*c))
     }
@@ -195,6 +240,15 @@ impl Iommufd {
     /// unknown one with `EOPNOTSUPP`. Neither changes anything.
     ///
     /// On a file that is not an iommufd every command reports absent.
+    ///
+    /// ```
+    /// use iommufd::{Command, Iommufd};
+    /// let null = Iommufd::open_path("/dev/null")?; // not an iommufd
+    /// let features = null.probe();
+    /// assert!(!features.supports(Command::IoasMap));
+    /// assert_eq!(features.commands().count(), 0);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn probe(&self) -> Features {
         let mut commands = 0;
         for &cmd in Command::ALL {

@@ -40,21 +40,82 @@ use crate::sys::arg;
 use crate::{DeviceId, DirtyBitmap, Error, Hwpt, HwptId, Ioas, Iommufd, Iova, PtId, Result};
 
 /// The first IOVA a mock domain can map.
+///
+/// ```
+/// use iommufd::selftest::{MOCK_APERTURE_LAST, MOCK_APERTURE_START};
+/// use iommufd::{Iova, IovaRange};
+/// let aperture = IovaRange::new(Iova(MOCK_APERTURE_START), Iova(MOCK_APERTURE_LAST)).unwrap();
+/// assert_eq!(aperture.start(), Iova(16 << 20));
+/// ```
 pub const MOCK_APERTURE_START: u64 = st::MOCK_APERTURE_START as u64;
 /// The last IOVA a mock domain can map.
+///
+/// ```
+/// use iommufd::selftest::{MOCK_APERTURE_LAST, MOCK_APERTURE_START};
+/// assert_eq!(MOCK_APERTURE_LAST - MOCK_APERTURE_START + 1, 2032 << 20);
+/// ```
 pub const MOCK_APERTURE_LAST: u64 = st::MOCK_APERTURE_LAST as u64;
 /// The page size of the mock IOMMU (2 KiB).
+///
+/// ```
+/// use iommufd::selftest::{MOCK_APERTURE_START, MOCK_PAGE_SIZE};
+/// use iommufd::{DirtyBitmap, Iova};
+/// // A dirty bitmap at the mock IOMMU's granularity: 4 KiB is two mock pages.
+/// let bm = DirtyBitmap::new(Iova(MOCK_APERTURE_START), 4096, MOCK_PAGE_SIZE)?;
+/// assert_eq!(bm.pages(), 2);
+/// # Ok::<(), iommufd::Error>(())
+/// ```
 pub const MOCK_PAGE_SIZE: u64 = st::MOCK_PAGE_SIZE as u64;
 /// The `test_reg` of a mock device's hardware information.
+///
+/// ```
+/// use iommufd::selftest::HW_INFO_SELFTEST_REGVAL;
+/// use iommufd::{HW_INFO_TYPE_SELFTEST, HwInfoData};
+/// let mut bytes = [0u8; 8];
+/// bytes[4..].copy_from_slice(&HW_INFO_SELFTEST_REGVAL.to_ne_bytes());
+/// let data = HwInfoData::decode(HW_INFO_TYPE_SELFTEST, &bytes)?;
+/// assert_eq!(data, HwInfoData::Selftest { flags: 0, test_reg: 0xdeadbeef });
+/// # Ok::<(), iommufd::DecodeError>(())
+/// ```
 pub const HW_INFO_SELFTEST_REGVAL: u32 = st::IOMMU_HW_INFO_SELFTEST_REGVAL;
 
 bitflags! {
     /// Properties of a mock device (`MOCK_FLAGS_DEVICE_*`).
+    ///
+    /// ```no_run
+    /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let mock = MockDomain::with_flags(&ioas, MockDeviceFlags::NO_DIRTY | MockDeviceFlags::PASID)?;
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct MockDeviceFlags: u32 {
         /// The device's IOMMU cannot track dirty pages.
+        ///
+        /// ```no_run
+        /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
+        /// use iommufd::{HwCapabilities, Hwpt, HwptFlags};
+        /// # let fd = iommufd::Iommufd::open()?;
+        /// # let ioas = fd.alloc_ioas()?;
+        /// let mock = MockDomain::with_flags(&ioas, MockDeviceFlags::NO_DIRTY)?;
+        /// let caps = fd.hw_info(mock.idev_id())?.capabilities;
+        /// assert!(!caps.contains(HwCapabilities::DIRTY_TRACKING));
+        /// let e = Hwpt::alloc(&fd, mock.idev_id(), &ioas, HwptFlags::DIRTY_TRACKING).unwrap_err();
+        /// assert!(e.is_unsupported());
+        /// # Ok::<(), iommufd::Error>(())
+        /// ```
         const NO_DIRTY = st::MOCK_FLAGS_DEVICE_NO_DIRTY;
         /// The device supports PASID (width 20).
+        ///
+        /// ```no_run
+        /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
+        /// # let fd = iommufd::Iommufd::open()?;
+        /// # let ioas = fd.alloc_ioas()?;
+        /// let mock = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
+        /// assert_eq!(fd.hw_info(mock.idev_id())?.max_pasid_log2, 20);
+        /// # Ok::<(), iommufd::Error>(())
+        /// ```
         const PASID = st::MOCK_FLAGS_DEVICE_PASID;
     }
 }
@@ -90,6 +151,18 @@ fn new_cmd(op: u32, id: u32) -> st::iommu_test_cmd {
 /// Borrows the IOAS or HWPT it was attached to, so it is destroyed first. Dropping it
 /// destroys the selftest object (`IOMMU_DESTROY` of [`MockDomain::stdev_id`]), which
 /// detaches and unbinds the device and frees an automatically created HWPT.
+///
+/// ```no_run
+/// use iommufd::selftest::{HW_INFO_SELFTEST_REGVAL, MockDomain};
+/// use iommufd::{HwInfoData, Iommufd};
+/// let fd = Iommufd::open()?;
+/// let ioas = fd.alloc_ioas()?;
+/// let mock = MockDomain::new(&ioas)?;
+/// let info = fd.hw_info(mock.idev_id())?;
+/// assert_eq!(info.data, HwInfoData::Selftest { flags: 0, test_reg: HW_INFO_SELFTEST_REGVAL });
+/// drop(mock); // before the IOAS it is attached to
+/// # Ok::<(), iommufd::Error>(())
+/// ```
 #[must_use = "dropping a MockDomain destroys the mock device"]
 pub struct MockDomain<'a> {
     fd: &'a Iommufd,
@@ -110,17 +183,45 @@ impl fmt::Debug for MockDomain<'_> {
 
 impl<'a> MockDomain<'a> {
     /// A mock device attached to `ioas` (through a new mock domain).
+    ///
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// let ioas = fd.alloc_ioas()?;
+    /// let mock = iommufd::selftest::MockDomain::new(&ioas)?;
+    /// println!("{} attached through {}", mock.idev_id(), mock.hwpt_id());
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn new(ioas: &'a Ioas<'_>) -> Result<MockDomain<'a>> {
         MockDomain::create(ioas.iommufd(), PtId::from(ioas), MockDeviceFlags::empty())
     }
 
     /// A mock device with `flags`, attached to `ioas`
     /// (`IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS`).
+    ///
+    /// ```no_run
+    /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let mock = MockDomain::with_flags(&ioas, MockDeviceFlags::NO_DIRTY)?;
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn with_flags(ioas: &'a Ioas<'_>, flags: MockDeviceFlags) -> Result<MockDomain<'a>> {
         MockDomain::create(ioas.iommufd(), PtId::from(ioas), flags)
     }
 
     /// A mock device attached directly to `hwpt`.
+    ///
+    /// ```no_run
+    /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
+    /// use iommufd::{Hwpt, HwptFlags};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let first = MockDomain::new(&ioas)?;
+    /// let hwpt = Hwpt::alloc(&fd, first.idev_id(), &ioas, HwptFlags::empty())?;
+    /// let second = MockDomain::on_hwpt(&hwpt, MockDeviceFlags::empty())?;
+    /// assert_eq!(second.hwpt_id(), hwpt.id());
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn on_hwpt(hwpt: &'a Hwpt<'_>, flags: MockDeviceFlags) -> Result<MockDomain<'a>> {
         MockDomain::create(hwpt.iommufd(), PtId::from(hwpt), flags)
     }
@@ -151,16 +252,46 @@ impl<'a> MockDomain<'a> {
     }
 
     /// The id of the selftest object (what `IOMMU_DESTROY` takes).
+    ///
+    /// ```no_run
+    /// # use iommufd::{Iommufd, selftest::MockDomain};
+    /// # let fd = Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let mock = MockDomain::new(&ioas)?;
+    /// assert_ne!(mock.stdev_id(), mock.idev_id().raw()); // two objects of the file
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn stdev_id(&self) -> u32 {
         self.stdev_id
     }
 
     /// The HWPT the device is attached to (the mock domain).
+    ///
+    /// ```no_run
+    /// # use iommufd::{Iommufd, selftest::MockDomain};
+    /// # let fd = Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let mock = MockDomain::new(&ioas)?;
+    /// # use iommufd::{MapFlags, MmapRegion};
+    /// let m = ioas.map_owned(MmapRegion::new(4096)?, None, MapFlags::RW)?;
+    /// iommufd::selftest::md_check_map(&fd, mock.hwpt_id(), m.iova(), m.region().as_ptr(), 4096)?;
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn hwpt_id(&self) -> HwptId {
         self.hwpt_id
     }
 
     /// The bound device (for [`Hwpt::alloc`], [`Iommufd::hw_info`]).
+    ///
+    /// ```no_run
+    /// # use iommufd::{Iommufd, selftest::MockDomain};
+    /// # let fd = Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let mock = MockDomain::new(&ioas)?;
+    /// let info = fd.hw_info(mock.idev_id())?;
+    /// assert_eq!(info.device, mock.idev_id());
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn idev_id(&self) -> DeviceId {
         self.idev_id
     }
@@ -168,6 +299,17 @@ impl<'a> MockDomain<'a> {
     /// Re-attaches the device to `pt` (`IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE`) and
     /// returns the HWPT it is now attached to. `pt` must outlive the mock device;
     /// the caller keeps that order.
+    ///
+    /// ```no_run
+    /// # use iommufd::{Hwpt, HwptFlags, Iommufd, selftest::MockDomain};
+    /// # let fd = Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let mut mock = MockDomain::new(&ioas)?;
+    /// let hwpt = Hwpt::alloc(&fd, mock.idev_id(), &ioas, HwptFlags::empty())?;
+    /// assert_eq!(mock.replace(&hwpt)?, hwpt.id());
+    /// mock.replace(&ioas)?; // off `hwpt` again before it is dropped
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn replace(&mut self, pt: impl Into<PtId>) -> Result<HwptId> {
         let pt = pt.into();
         self.fd
@@ -187,6 +329,21 @@ impl<'a> MockDomain<'a> {
     /// (`iommufd_device_attach` with a PASID), driven without PASID-capable hardware.
     /// Needs a device made with [`MockDeviceFlags::PASID`] whose RID is attached to a
     /// PASID-compatible HWPT ([`HwptFlags::PASID`](crate::HwptFlags::PASID)).
+    ///
+    /// ```no_run
+    /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
+    /// use iommufd::{Hwpt, HwptFlags};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let first = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
+    /// # let hwpt = Hwpt::alloc(&fd, first.idev_id(), &ioas, HwptFlags::PASID)?;
+    /// let mut mock = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
+    /// mock.replace(&hwpt)?; // the RID on a PASID-compatible HWPT first
+    /// mock.attach_pasid(100, &hwpt)?;
+    /// assert!(mock.pasid_attached_to(100, Some(hwpt.id()))?);
+    /// # mock.detach_pasid(100)?;
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn attach_pasid(&self, pasid: u32, pt: impl Into<PtId>) -> Result<()> {
         let pt = pt.into();
         self.fd
@@ -200,6 +357,22 @@ impl<'a> MockDomain<'a> {
     }
 
     /// Moves PASID `pasid` to `pt` (`IOMMU_TEST_OP_PASID_REPLACE`).
+    ///
+    /// ```no_run
+    /// # use iommufd::{Hwpt, HwptFlags, selftest::{MockDeviceFlags, MockDomain}};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let first = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
+    /// # let hwpt1 = Hwpt::alloc(&fd, first.idev_id(), &ioas, HwptFlags::PASID)?;
+    /// # let hwpt2 = Hwpt::alloc(&fd, first.idev_id(), &ioas, HwptFlags::PASID)?;
+    /// # let mut mock = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
+    /// # mock.replace(&hwpt1)?;
+    /// mock.attach_pasid(100, &hwpt1)?;
+    /// mock.replace_pasid(100, &hwpt2)?;
+    /// assert!(mock.pasid_attached_to(100, Some(hwpt2.id()))?);
+    /// # mock.detach_pasid(100)?;
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn replace_pasid(&self, pasid: u32, pt: impl Into<PtId>) -> Result<()> {
         let pt = pt.into();
         self.fd
@@ -213,6 +386,20 @@ impl<'a> MockDomain<'a> {
     }
 
     /// Detaches PASID `pasid` (`IOMMU_TEST_OP_PASID_DETACH`).
+    ///
+    /// ```no_run
+    /// # use iommufd::{Hwpt, HwptFlags, selftest::{MockDeviceFlags, MockDomain}};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let first = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
+    /// # let hwpt = Hwpt::alloc(&fd, first.idev_id(), &ioas, HwptFlags::PASID)?;
+    /// # let mut mock = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
+    /// # mock.replace(&hwpt)?;
+    /// mock.attach_pasid(100, &hwpt)?;
+    /// mock.detach_pasid(100)?;
+    /// assert!(mock.pasid_attached_to(100, None)?);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn detach_pasid(&self, pasid: u32) -> Result<()> {
         let mut cmd = new_cmd(st::IOMMU_TEST_OP_PASID_DETACH, self.stdev_id);
         cmd.__bindgen_anon_1.pasid_detach =
@@ -228,6 +415,15 @@ impl<'a> MockDomain<'a> {
 
     /// Whether PASID `pasid` is attached to `hwpt` (`None`: to nothing), as the
     /// kernel sees it (`IOMMU_TEST_OP_PASID_CHECK_HWPT`).
+    ///
+    /// ```no_run
+    /// # use iommufd::selftest::{MockDeviceFlags, MockDomain};
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// let mock = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
+    /// assert!(mock.pasid_attached_to(7, None)?); // nothing attached yet
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn pasid_attached_to(&self, pasid: u32, hwpt: Option<HwptId>) -> Result<bool> {
         let mut cmd = new_cmd(st::IOMMU_TEST_OP_PASID_CHECK_HWPT, self.stdev_id);
         cmd.__bindgen_anon_1.pasid_check = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_21 {
@@ -248,11 +444,32 @@ impl<'a> MockDomain<'a> {
 
     /// Has the kernel check that the mock domain maps `len` bytes at `iova` to the
     /// pages of this process's memory at `va` ([`md_check_map`]).
+    ///
+    /// ```no_run
+    /// use iommufd::{MapFlags, MmapRegion};
+    /// # use iommufd::{Iommufd, selftest::MockDomain};
+    /// # let fd = Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let mock = MockDomain::new(&ioas)?;
+    /// let m = ioas.map_owned(MmapRegion::new(8192)?, None, MapFlags::RW)?;
+    /// mock.check_map(m.iova(), m.region().as_ptr(), 8192)?;
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn check_map(&self, iova: Iova, va: *const u8, len: u64) -> Result<()> {
         md_check_map(self.fd, self.hwpt_id, iova, va, len)
     }
 
     /// Destroys the mock device now, returning the kernel's error.
+    ///
+    /// ```no_run
+    /// # use iommufd::{Iommufd, selftest::MockDomain};
+    /// # let fd = Iommufd::open()?;
+    /// # let ioas = fd.alloc_ioas()?;
+    /// # let mock = MockDomain::new(&ioas)?;
+    /// mock.destroy()?; // detached and unbound; its mock domain is freed
+    /// ioas.destroy()?; // no longer busy
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
     pub fn destroy(self) -> Result<()> {
         let this = ManuallyDrop::new(self);
         this.fd.destroy_id(
@@ -276,6 +493,16 @@ impl Drop for MockDomain<'_> {
 /// Reserves `len` bytes of IOVA at `start` in `ioas`, as an IOMMU's reserved region
 /// (e.g. an MSI window) would (`IOMMU_TEST_OP_ADD_RESERVED`). Kernel-chosen IOVAs
 /// avoid it and [`Ioas::allow_iovas`] over it fails with `EADDRINUSE`.
+///
+/// ```no_run
+/// use iommufd::{Iova, IovaRange, selftest};
+/// # let fd = iommufd::Iommufd::open()?;
+/// let ioas = fd.alloc_ioas()?;
+/// selftest::add_reserved(&ioas, Iova(0xfee0_0000), 1 << 20)?; // like an MSI window
+/// let e = ioas.allow_iovas(&[IovaRange::FULL]).unwrap_err();
+/// assert_eq!(e.errno(), Some(libc::EADDRINUSE));
+/// # Ok::<(), iommufd::Error>(())
+/// ```
 pub fn add_reserved(ioas: &Ioas<'_>, start: Iova, len: u64) -> Result<()> {
     let mut cmd = new_cmd(st::IOMMU_TEST_OP_ADD_RESERVED, ioas.id().raw());
     cmd.__bindgen_anon_1.add_reserved = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_1 {
@@ -292,6 +519,16 @@ pub fn add_reserved(ioas: &Ioas<'_>, start: Iova, len: u64) -> Result<()> {
 ///
 /// The kernel only looks up the pages behind `va` (as `get_user_pages` would for a
 /// read); it does not access their contents through the pointer.
+///
+/// ```no_run
+/// use iommufd::{Iommufd, Iova, MapFlags, MmapRegion, selftest};
+/// let fd = Iommufd::open()?;
+/// let ioas = fd.alloc_ioas()?;
+/// let mock = selftest::MockDomain::new(&ioas)?;
+/// let m = ioas.map_owned(MmapRegion::new(8192)?, Some(Iova(1 << 24)), MapFlags::RW)?;
+/// selftest::md_check_map(&fd, mock.hwpt_id(), m.iova(), m.region().as_ptr(), 8192)?;
+/// # Ok::<(), iommufd::Error>(())
+/// ```
 pub fn md_check_map(fd: &Iommufd, hwpt: HwptId, iova: Iova, va: *const u8, len: u64) -> Result<()> {
     let mut cmd = new_cmd(st::IOMMU_TEST_OP_MD_CHECK_MAP, hwpt.raw());
     cmd.__bindgen_anon_1.check_map = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_5 {
@@ -307,6 +544,18 @@ pub fn md_check_map(fd: &Iommufd, hwpt: HwptId, iova: Iova, va: *const u8, len: 
 /// `len` must be page aligned. Fails with `EIO` on a mismatch.
 ///
 /// Like [`md_check_map`], the kernel only looks up the pages behind `va`.
+///
+/// ```no_run
+/// use iommufd::{Iommufd, MapFlags, MmapRegion, selftest};
+/// let fd = Iommufd::open()?;
+/// let ioas = fd.alloc_ioas()?;
+/// let _mock = selftest::MockDomain::new(&ioas)?; // a domain pins what is mapped
+/// let m = ioas.map_owned(MmapRegion::new(4096)?, None, MapFlags::RW)?;
+/// selftest::check_refs(&fd, m.region().as_ptr(), 4096, 1)?;
+/// let region = m.unmap()?;
+/// selftest::check_refs(&fd, region.as_ptr(), 4096, 0)?;
+/// # Ok::<(), iommufd::Error>(())
+/// ```
 pub fn check_refs(fd: &Iommufd, va: *const u8, len: u64, refs: u32) -> Result<()> {
     let mut cmd = new_cmd(st::IOMMU_TEST_OP_MD_CHECK_REFS, 0);
     cmd.__bindgen_anon_1.check_refs = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_6 {
@@ -321,6 +570,22 @@ pub fn check_refs(fd: &Iommufd, va: *const u8, len: u64, refs: u32) -> Result<()
 /// (`IOMMU_TEST_OP_DIRTY`) and returns how many were marked. Dirty tracking must be
 /// enabled on the HWPT ([`Hwpt::set_dirty_tracking`]); only mapped IOVAs take the
 /// mark.
+///
+/// ```no_run
+/// use iommufd::selftest::{self, MOCK_PAGE_SIZE, MockDomain};
+/// use iommufd::{DirtyBitmap, Hwpt, HwptFlags, Iova, MapFlags, MmapRegion};
+/// # let fd = iommufd::Iommufd::open()?;
+/// # let ioas = fd.alloc_ioas()?;
+/// # let mock = MockDomain::new(&ioas)?;
+/// let hwpt = Hwpt::alloc(&fd, mock.idev_id(), &ioas, HwptFlags::DIRTY_TRACKING)?;
+/// let m = ioas.map_owned(MmapRegion::new(4096)?, Some(Iova(1 << 24)), MapFlags::RW)?;
+/// hwpt.set_dirty_tracking(true)?;
+/// let mut marks = DirtyBitmap::new(m.iova(), 4096, MOCK_PAGE_SIZE)?;
+/// marks.set(0);
+/// marks.set(1); // both mock pages of the CPU page
+/// assert_eq!(selftest::set_dirty(&hwpt, &marks)?, 2);
+/// # Ok::<(), iommufd::Error>(())
+/// ```
 pub fn set_dirty(hwpt: &Hwpt<'_>, dirty: &DirtyBitmap) -> Result<u64> {
     let len = dirty.pages() * dirty.page_size();
     let mut cmd = new_cmd(st::IOMMU_TEST_OP_DIRTY, hwpt.id().raw());
