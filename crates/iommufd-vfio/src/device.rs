@@ -51,6 +51,7 @@ pub(crate) const VFIO_DEVICE_DETACH_IOMMUFD_PT: libc::c_ulong = vfio_io(20);
 /// # Ok::<(), Error>(())
 /// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Opening the cdev failed.
     #[error("opening {}: {source}", path.display())]
@@ -717,6 +718,9 @@ impl<'fd> BoundDevice<'fd> {
                 first = r;
             }
         }
+        // Whatever failed is not retried: closing the cdev, which follows, detaches
+        // everything and unbinds the device anyway.
+        *self.lock() = Attachments::default();
         self.iommufd.clear_label(self.id);
         first
     }

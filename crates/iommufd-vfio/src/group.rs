@@ -2,7 +2,7 @@
 //!
 //! An IOMMU group is the smallest set of devices the IOMMU can isolate from each other.
 //! Binding one member to `/dev/iommu` claims DMA ownership of the whole group, which the
-//! kernel refuses (`EBUSY`) while another member is driven by a kernel driver that uses
+//! kernel refuses (`EPERM`) while another member is driven by a kernel driver that uses
 //! the kernel's DMA API. [`IommuGroup::check_viable`] answers the same question before
 //! binding, naming every offending device and its driver.
 //!
@@ -47,6 +47,7 @@ pub const DMA_OWNER_SAFE_DRIVERS: &[&str] = &["vfio-pci", "pci-stub", "pcieport"
 /// assert_eq!(err.to_string(), "invalid PCI address \"00:04\" (want DDDD:BB:DD.F)");
 /// ```
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum GroupError {
     /// A PCI address did not parse.
     #[error("invalid PCI address {0:?} (want DDDD:BB:DD.F)")]
@@ -67,7 +68,7 @@ pub enum GroupError {
     #[error("{0} has no VFIO device cdev (bind it to vfio-pci first)")]
     NoCdev(PciAddress),
     /// Another member of the group is held by a kernel driver: binding would fail with
-    /// `EBUSY`.
+    /// `EPERM`.
     #[error("IOMMU group {group} is not viable: {}", fmt_offenders(.offenders))]
     NotViable {
         /// The group number.
@@ -126,9 +127,12 @@ impl FromStr for PciAddress {
             _ => return Err(bad()),
         };
         let hex = |t: &str, max: u32| {
-            u32::from_str_radix(t, 16)
-                .ok()
-                .filter(|v| *v <= max && !t.is_empty() && t.len() <= 4)
+            // Hex digits only: from_str_radix alone would also take a leading '+'.
+            let digits = !t.is_empty() && t.len() <= 4 && t.bytes().all(|b| b.is_ascii_hexdigit());
+            digits
+                .then(|| u32::from_str_radix(t, 16).ok())
+                .flatten()
+                .filter(|v| *v <= max)
                 .ok_or_else(bad)
         };
         Ok(PciAddress {
@@ -417,6 +421,8 @@ mod tests {
         let b: PciAddress = "3a:1f.7".parse().unwrap();
         assert_eq!(b.to_string(), "0000:3a:1f.7");
         for bad in [
+            "0000:00:+4.0",
+            "+0:+0:+4.+0",
             "",
             "0000:00:04",
             "0000:00:20.0",

@@ -46,4 +46,4 @@ pub mod device;
 pub mod group;
 
 pub use device::{BoundDevice, Error, Result, VfioDevice};
-pub use group::{GroupError, IommuGroup, PciAddress, Sysfs};
+pub use group::{DMA_OWNER_SAFE_DRIVERS, GroupError, GroupMember, IommuGroup, PciAddress, Sysfs};

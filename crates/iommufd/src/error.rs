@@ -169,6 +169,7 @@ impl Error {
     /// The errno behind the error, if the kernel (or the C library) returned one.
     ///
     /// `None` for errors this crate detects itself ([`Error::WrongIommufd`],
+    /// [`Error::LabelInUse`],
     /// [`Error::InvalidArgument`], [`Error::HwInfoDecode`]).
     ///
     /// ```
