@@ -512,6 +512,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
     fn hw_info_on_a_non_iommufd_is_unsupported() {
         let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
         let e = fd.hw_info(DeviceId::from_raw(1)).unwrap_err();

@@ -632,6 +632,7 @@ mod tests {
 
     // Every wrapper reaches the kernel (here /dev/null, which answers ENOTTY).
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
     fn wrappers_on_a_non_iommufd() {
         let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
         let other = Iommufd::open_path("/dev/null").expect("/dev/null");

@@ -743,6 +743,7 @@ mod tests {
     // Real ioctls on /dev/null: every command answers ENOTTY. Objects are built by
     // hand (this file cannot allocate them) and released with `into_id`.
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
     fn objects_of_another_file_are_refused_before_the_kernel() {
         let a = Iommufd::open_path("/dev/null").expect("/dev/null");
         let b = Iommufd::open_path("/dev/null").expect("/dev/null");
@@ -769,6 +770,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
     fn unmap_errors_on_a_non_iommufd() {
         let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
         let ioas = Ioas::fake(&fd, 7);
@@ -789,6 +791,7 @@ mod tests {
     // Every wrapper reaches the kernel (here /dev/null, which answers ENOTTY) and
     // reports the error with the operation and the object.
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
     fn wrappers_name_operation_and_object() {
         let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
         assert!(Ioas::alloc(&fd).unwrap_err().is_unsupported());
@@ -820,6 +823,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
     fn a_mapping_that_cannot_be_unmapped_is_leaked() {
         let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
         let ioas = Ioas::fake(&fd, 3);

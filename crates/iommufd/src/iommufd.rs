@@ -325,6 +325,7 @@ mod tests {
 
     // Real ioctls on a file that is not an iommufd: ENOTTY, classified as unsupported.
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
     fn commands_on_a_non_iommufd_are_unsupported() {
         let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
         let e = fd.destroy_raw(1).unwrap_err();
@@ -335,6 +336,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
     fn conversions_and_options_on_a_non_iommufd() {
         let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
         let raw = fd.as_raw_fd();

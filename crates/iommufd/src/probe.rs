@@ -317,6 +317,7 @@ mod tests {
 
     // A real probe of a file that is not an iommufd.
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
     fn nothing_on_a_non_iommufd() {
         let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
         let f = fd.probe();

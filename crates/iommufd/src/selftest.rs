@@ -632,6 +632,7 @@ mod tests {
 
     // A real IOMMU_TEST_CMD on a file that is not an iommufd.
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
     fn test_cmd_on_a_non_iommufd_is_unsupported() {
         let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
         let e = check_refs(&fd, std::ptr::null(), 0, 0).unwrap_err();
@@ -640,6 +641,7 @@ mod tests {
 
     // Every wrapper reaches the kernel (here /dev/null, which answers ENOTTY).
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
     fn wrappers_on_a_non_iommufd() {
         let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
         let other = Iommufd::open_path("/dev/null").expect("/dev/null");
