@@ -255,6 +255,40 @@ impl VfioDevice {
         Ok(dev)
     }
 
+    /// Opens every member of the IOMMU group of `addr` that vfio-pci drives, in
+    /// address order, after checking that the group is viable: for passing a whole
+    /// group (say, the functions of a multi-function device, or devices behind a
+    /// conventional PCI bridge) to one VM. Members driven by a DMA-owner-safe driver
+    /// such as `pcieport` are left out; bind each returned device with its own label.
+    ///
+    /// ```no_run
+    /// use iommufd::Iommufd;
+    /// use iommufd_vfio::{Sysfs, VfioDevice};
+    /// let fd = Iommufd::open()?;
+    /// let members = VfioDevice::open_group(&Sysfs::default(), "0000:01:01.0".parse()?)?;
+    /// let bound: Vec<_> = members
+    ///     .into_iter()
+    ///     .enumerate()
+    ///     .map(|(i, d)| d.bind(&fd, 0x100 + i as u64))
+    ///     .collect::<Result<_, _>>()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_group(sysfs: &Sysfs, addr: PciAddress) -> Result<Vec<VfioDevice>> {
+        let group = sysfs.iommu_group(addr)?;
+        group.check_viable()?;
+        let mut out = Vec::new();
+        for m in &group.members {
+            if m.driver.as_deref() != Some("vfio-pci") {
+                continue;
+            }
+            let a: PciAddress = m.device.parse()?;
+            let mut dev = VfioDevice::open(sysfs.vfio_cdev(a)?)?;
+            dev.name = a.to_string();
+            out.push(dev);
+        }
+        Ok(out)
+    }
+
     /// Adopts an open cdev, e.g. one a privileged helper opened and passed over a
     /// Unix socket. `name` is used in error messages.
     ///

@@ -296,4 +296,60 @@ mod vfio {
         assert!(dev.attached_pasids().is_empty());
         dev.close().expect("close");
     }
+
+    /// Gives a group member back to its kernel driver when dropped, even if the test
+    /// fails half-way.
+    struct Restore {
+        dev: pci::PciDevice,
+        driver: String,
+    }
+
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = self.dev.unbind();
+            let _ = self.dev.bind(&self.driver);
+        }
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu and the shared-group topology (cargo xtask vmtest)"]
+    fn whole_group_bound_together() {
+        let (edu, other) = pci::edu_sharing_group_with_driver().expect("lab topology");
+        let restore = Restore {
+            driver: other.driver().expect("driver"),
+            dev: other.clone(),
+        };
+        let sysfs = Sysfs::default();
+        let addr: PciAddress = edu.bdf().parse().expect("address");
+
+        // Hand the other member to vfio-pci as well: now the whole group can go.
+        other.unbind().expect("unbind the other member");
+        other.bind("vfio-pci").expect("bind it to vfio-pci");
+        let fd = open();
+        let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+        let members = VfioDevice::open_group(&sysfs, addr).expect("open the group");
+        let mut names: Vec<&str> = members.iter().map(|d| d.name()).collect();
+        names.sort();
+        let mut want = vec![edu.bdf(), other.bdf()];
+        want.sort();
+        assert_eq!(names, want, "every vfio-pci member, and only those");
+
+        let bound: Vec<BoundDevice<'_>> = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| d.bind(&fd, 0x600 + i as u64).expect("bind a group member"))
+            .collect();
+        for (i, b) in bound.iter().enumerate() {
+            assert_eq!(fd.device_by_label(0x600 + i as u64), Some(b.id()));
+            b.attach(&ioas)
+                .expect("attach a group member to the shared IOAS");
+        }
+        drop(bound);
+        ioas.destroy().expect("IOAS free once the group is gone");
+        drop(restore);
+        assert!(
+            other.driver().is_some_and(|d| d != "vfio-pci"),
+            "the other member has its driver back"
+        );
+    }
 }
