@@ -93,7 +93,10 @@ case "$series" in
     6.12)
         # The machine's own suites carry it (bookworm-security): use the system's apt.
         pkg=linux-source-6.12
-        if ! apt-cache policy "$pkg" | grep -q 'Candidate: [0-9]'; then
+        # Read the whole answer first: `grep -q` closing the pipe early would make
+        # apt-cache die of SIGPIPE, which pipefail turns into "no candidate".
+        policy=$(apt-cache policy "$pkg")
+        if ! grep -q 'Candidate: [0-9]' <<<"$policy"; then
             log "apt-get update"
             apt-get update -qq >&2
         fi

@@ -823,18 +823,14 @@ pub fn test_all(opts: &Options) -> Result<bool, String> {
     }
 
     let lab = Options {
-        kernel_selftests: false,
-        ..Options::parse(&[])?
-    };
-    let lab = Options {
         timeout: opts.timeout,
-        ..lab
+        ..Options::default()
     };
     vmtest_into(&lab, &mut total, &mut failures)?;
     let selftests = Options {
         kernel_selftests: true,
         timeout: opts.timeout,
-        ..Options::parse(&[])?
+        ..Options::default()
     };
     vmtest_into(&selftests, &mut total, &mut failures)?;
     Ok(report(total, &failures, started))
