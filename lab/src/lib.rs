@@ -17,6 +17,8 @@
 
 pub mod edu;
 pub mod iommufd;
+pub mod logs;
+pub mod mem;
 pub mod pci;
 pub mod vfio;
 

@@ -44,7 +44,7 @@ cd /tmp
 while IFS="$(printf '\t')" read -r name cmd; do
     [ -n "$name" ] || continue
     echo "@@lab begin $name"
-    sh -c "$cmd"
+    sh -c "$cmd" </dev/null
     rc=$?
     echo "@@lab end $name rc=$rc"
     [ "$rc" = 0 ] || status=fail

@@ -1,7 +1,7 @@
 //! The guest lab: provision kernels, build static test binaries, pack an initramfs,
 //! boot QEMU, stream and judge the results.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -23,6 +23,7 @@ pub struct Options {
     kernel_selftests: bool,
     shell: bool,
     timeout: Option<u64>,
+    test_timeout: Option<u64>,
     verbose: bool,
     filters: Vec<String>,
 }
@@ -40,6 +41,11 @@ impl Options {
                 "--timeout" => {
                     let v = it.next().ok_or("--timeout needs a value")?;
                     o.timeout = Some(v.parse().map_err(|_| format!("bad --timeout {v}"))?);
+                }
+                "--test-timeout" => {
+                    let v = it.next().ok_or("--test-timeout needs a value")?;
+                    o.test_timeout =
+                        Some(v.parse().map_err(|_| format!("bad --test-timeout {v}"))?);
                 }
                 f if f.starts_with("--") => return Err(format!("unknown option {f}")),
                 f => o.filters.push(f.to_string()),
@@ -256,6 +262,17 @@ fn build_guest_tests(filters: &[String]) -> Result<Vec<TestBin>, String> {
     Ok(bins)
 }
 
+/// One program run in the guest: a name, an executable on the host, the guest
+/// command line after it, and the libtest test it must report (for test binaries,
+/// which run one test per process).
+#[derive(Debug, Clone)]
+struct Program {
+    name: String,
+    exe: PathBuf,
+    args: String,
+    test: Option<String>,
+}
+
 /// One boot of the guest: which kernel, with or without the emulated VT-d and its
 /// devices, and what to run.
 #[derive(Debug)]
@@ -263,9 +280,19 @@ struct Boot {
     label: String,
     kernel: Kernel,
     vtd: bool,
-    /// (name, executable on the host, guest command line after the executable)
-    programs: Vec<(String, PathBuf, String)>,
+    programs: Vec<Program>,
 }
+
+/// The time limit of one lab test, unless `--test-timeout` says otherwise: long
+/// enough for the slowest port of the kernel's selftests under TCG, short enough that
+/// a hang leaves time for the rest of the boot.
+const TEST_TIMEOUT: u64 = 300;
+
+/// The hard time limit of one boot, unless `--timeout` says otherwise.
+const BOOT_TIMEOUT: u64 = 1800;
+
+/// Exit codes of busybox `timeout -s KILL` when the limit is reached.
+const TIMED_OUT: [&str; 2] = ["124", "137"];
 
 fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot> {
     let mut boots = Vec::new();
@@ -273,11 +300,12 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
         if selftests {
             let mut programs = Vec::new();
             for t in ["iommufd", "iommufd_fail_nth"] {
-                programs.push((
-                    format!("selftest-{t}"),
-                    k.dir.join("selftests").join(t),
-                    String::new(),
-                ));
+                programs.push(Program {
+                    name: format!("selftest-{t}"),
+                    exe: k.dir.join("selftests").join(t),
+                    args: String::new(),
+                    test: None,
+                });
             }
             boots.push(Boot {
                 label: format!("{}-selftests", k.series),
@@ -295,11 +323,16 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
                 .tests
                 .iter()
                 .partition(|t| split_mock && t.contains(MOCK_MARK));
+            // One process per test, under a time limit: a hang fails that test, and
+            // the rest of the boot still runs.
             for (list, tests) in [(&mut main, rest), (&mut mock, m)] {
-                if !tests.is_empty() {
-                    let names: Vec<&str> = tests.iter().map(|s| s.as_str()).collect();
-                    let args = format!("--ignored --test-threads=1 --exact {}", names.join(" "));
-                    list.push((b.name.clone(), b.path.clone(), args));
+                for t in tests {
+                    list.push(Program {
+                        name: format!("{}::{t}", b.name),
+                        exe: b.path.clone(),
+                        args: format!("--ignored --test-threads=1 --exact {t}"),
+                        test: Some(t.clone()),
+                    });
                 }
             }
         }
@@ -323,7 +356,7 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
     boots
 }
 
-fn make_initramfs(boot: &Boot, dir: &Path) -> Result<PathBuf, String> {
+fn make_initramfs(boot: &Boot, dir: &Path, test_timeout: u64) -> Result<PathBuf, String> {
     let root = dir.join("root");
     let _ = fs::remove_dir_all(&root);
     for d in ["bin", "sbin", "lab/bin", "proc", "sys", "dev", "tmp"] {
@@ -339,22 +372,31 @@ fn make_initramfs(boot: &Boot, dir: &Path) -> Result<PathBuf, String> {
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("chmod init: {e}"))?;
     let mut plan = String::new();
-    for (name, exe, args) in &boot.programs {
-        let base = exe
+    for p in &boot.programs {
+        let base = p
+            .exe
             .file_name()
             .and_then(|f| f.to_str())
             .ok_or("bad executable name")?;
         let dest = root.join("lab/bin").join(base);
-        // Debug info is of no use in the guest and makes the initramfs several times larger.
-        let st = Command::new("objcopy")
-            .arg("--strip-debug")
-            .arg(exe)
-            .arg(&dest)
-            .status();
-        if !matches!(st, Ok(s) if s.success()) {
-            copy(exe, &dest)?;
+        if !dest.exists() {
+            // Debug info is of no use in the guest and makes the initramfs several
+            // times larger.
+            let st = Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(&p.exe)
+                .arg(&dest)
+                .status();
+            if !matches!(st, Ok(s) if s.success()) {
+                copy(&p.exe, &dest)?;
+            }
         }
-        plan.push_str(&format!("{name}\t/lab/bin/{base} {args}\n"));
+        let limit = if p.test.is_some() {
+            format!("timeout -s KILL {test_timeout} ")
+        } else {
+            String::new()
+        };
+        plan.push_str(&format!("{}\t{limit}/lab/bin/{base} {}\n", p.name, p.args));
     }
     fs::write(root.join("lab/plan"), plan).map_err(|e| format!("write plan: {e}"))?;
     let image = dir.join("initramfs.cpio");
@@ -423,54 +465,123 @@ struct BootResult {
     failures: Vec<String>,
 }
 
-/// Reads one line of guest output and updates the result.
-fn judge_line(line: &str, r: &mut BootResult, current: &mut Option<String>, counted: &mut bool) {
-    if line.starts_with("@@lab kernel ") {
-        r.reached_init = true;
-    } else if let Some(name) = line.strip_prefix("@@lab begin ") {
-        *current = Some(name.to_string());
-        *counted = false;
-    } else if let Some(rest) = line.strip_prefix("@@lab end ") {
-        let rc = rest.rsplit("rc=").next().unwrap_or("1");
-        if rc != "0" {
-            r.failures.push(format!(
-                "{} exited with {rc}",
-                rest.split(' ').next().unwrap_or(rest)
-            ));
-            if !*counted {
-                // Crashed before reporting anything: count the program as one failure.
+/// Judges a boot's output line by line against its plan: every planned program must
+/// begin and end, and every planned test must report its own result line.
+#[derive(Debug, Default)]
+struct Judge {
+    /// Program name -> the test it must report, for test programs.
+    expected: BTreeMap<String, Option<String>>,
+    /// Programs that began.
+    begun: BTreeSet<String>,
+    current: Option<String>,
+    /// The current program printed a result total.
+    counted: bool,
+    /// The current program reported the test it was run for.
+    reported: bool,
+    test_timeout: u64,
+    r: BootResult,
+}
+
+impl Judge {
+    fn new(programs: &[Program], test_timeout: u64) -> Judge {
+        Judge {
+            expected: programs
+                .iter()
+                .map(|p| (p.name.clone(), p.test.clone()))
+                .collect(),
+            test_timeout,
+            ..Judge::default()
+        }
+    }
+
+    /// Reads one line of guest output.
+    fn line(&mut self, line: &str) {
+        let r = &mut self.r;
+        if line.starts_with("@@lab kernel ") {
+            r.reached_init = true;
+        } else if let Some(name) = line.strip_prefix("@@lab begin ") {
+            self.current = Some(name.to_string());
+            self.begun.insert(name.to_string());
+            self.counted = false;
+            self.reported = false;
+        } else if let Some(rest) = line.strip_prefix("@@lab end ") {
+            let name = rest.split(' ').next().unwrap_or(rest);
+            let rc = rest.rsplit("rc=").next().unwrap_or("1");
+            let test = self.expected.get(name).cloned().flatten();
+            if test.is_some() && TIMED_OUT.contains(&rc) {
+                r.failures.push(format!(
+                    "{name}: time limit of {} s reached; killed",
+                    self.test_timeout
+                ));
+            } else if test.is_some() && !self.reported {
+                r.failures
+                    .push(format!("{name}: planned, but never reported (exit {rc})"));
+            } else if rc != "0" {
+                r.failures.push(format!("{name} exited with {rc}"));
+            }
+            // A planned test that did not report its line, or a program that crashed
+            // before printing a total: one failure each.
+            if (test.is_some() && !self.reported) || (rc != "0" && !self.counted) {
                 r.tally.failed += 1;
             }
+            self.current = None;
+        } else if line == "@@lab status ok" {
+            r.status_ok = true;
+        } else if let Some(rest) = line.strip_prefix("test result: ") {
+            self.counted = true;
+            r.tally.add(parse_libtest_result(rest));
+        } else if let Some(rest) = line.strip_prefix("# Totals: ") {
+            // kselftest harness: "# Totals: pass:241 fail:0 xfail:0 xpass:0 skip:5 error:0"
+            self.counted = true;
+            let field = |k: &str| {
+                rest.split_whitespace()
+                    .find_map(|f| f.strip_prefix(k))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            r.tally.add(Tally {
+                passed: field("pass:") + field("xfail:"),
+                failed: field("fail:") + field("xpass:") + field("error:"),
+                ignored: field("skip:"),
+            });
+        } else if let Some(rest) = line.strip_prefix("test ") {
+            // "test NAME ... ok" / "... FAILED" / "... ignored[, reason]"
+            if let Some((name, outcome)) = rest.split_once(" ... ") {
+                let expected = self
+                    .current
+                    .as_ref()
+                    .and_then(|c| self.expected.get(c))
+                    .and_then(|t| t.as_deref());
+                if expected == Some(name) {
+                    self.reported = true;
+                }
+                if outcome == "FAILED" {
+                    r.failures.push(format!(
+                        "{}: {line}",
+                        self.current.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
+        } else if line.starts_with("#          FAIL  ") || line.starts_with("not ok ") {
+            r.failures.push(format!(
+                "{}: {}",
+                self.current.as_deref().unwrap_or("?"),
+                line.trim_start_matches('#').trim()
+            ));
         }
-        *current = None;
-    } else if line == "@@lab status ok" {
-        r.status_ok = true;
-    } else if let Some(rest) = line.strip_prefix("test result: ") {
-        *counted = true;
-        r.tally.add(parse_libtest_result(rest));
-    } else if let Some(rest) = line.strip_prefix("# Totals: ") {
-        // kselftest harness: "# Totals: pass:241 fail:0 xfail:0 xpass:0 skip:5 error:0"
-        *counted = true;
-        let field = |k: &str| {
-            rest.split_whitespace()
-                .find_map(|f| f.strip_prefix(k))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        r.tally.add(Tally {
-            passed: field("pass:") + field("xfail:"),
-            failed: field("fail:") + field("xpass:") + field("error:"),
-            ignored: field("skip:"),
-        });
-    } else if line.starts_with("test ") && line.ends_with(" ... FAILED") {
-        r.failures
-            .push(format!("{}: {}", current.as_deref().unwrap_or("?"), line));
-    } else if line.starts_with("#          FAIL  ") || line.starts_with("not ok ") {
-        r.failures.push(format!(
-            "{}: {}",
-            current.as_deref().unwrap_or("?"),
-            line.trim_start_matches('#').trim()
-        ));
+    }
+
+    /// The result, with every planned program that never began counted as failed.
+    fn finish(mut self) -> BootResult {
+        for name in self.expected.keys() {
+            if !self.begun.contains(name) {
+                self.r
+                    .failures
+                    .push(format!("{name}: planned, but never run"));
+                self.r.tally.failed += 1;
+            }
+        }
+        self.r
     }
 }
 
@@ -496,10 +607,11 @@ fn parse_libtest_result(s: &str) -> Tally {
 fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
     let dir = repo_root().join("target/lab").join(&boot.label);
     fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-    let initramfs = make_initramfs(boot, &dir)?;
+    let test_timeout = opts.test_timeout.unwrap_or(TEST_TIMEOUT);
+    let initramfs = make_initramfs(boot, &dir, test_timeout)?;
     let console = dir.join("console.log");
     let mut cmd = qemu_command(boot, &initramfs, &console, opts.shell);
-    let names: Vec<&str> = boot.programs.iter().map(|p| p.0.as_str()).collect();
+    let names: Vec<&str> = boot.programs.iter().map(|p| p.name.as_str()).collect();
     eprintln!(
         "xtask: booting {} ({}, {}) to run {}",
         boot.label,
@@ -516,19 +628,16 @@ fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
     if opts.shell {
         let st = cmd.status().map_err(|e| format!("qemu: {e}"))?;
         let tests = fs::read_to_string(console.with_extension("tests")).unwrap_or_default();
-        let mut r = BootResult::default();
-        let (mut cur, mut counted) = (None, false);
-        tests
-            .lines()
-            .for_each(|l| judge_line(l, &mut r, &mut cur, &mut counted));
+        let mut judge = Judge::new(&boot.programs, test_timeout);
+        tests.lines().for_each(|l| judge.line(l));
         eprintln!(
             "xtask: qemu exited ({st}); test output is in {}",
             console.with_extension("tests").display()
         );
-        return Ok(r);
+        return Ok(judge.finish());
     }
 
-    let limit = Duration::from_secs(opts.timeout.unwrap_or(900));
+    let limit = Duration::from_secs(opts.timeout.unwrap_or(BOOT_TIMEOUT));
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -545,8 +654,7 @@ fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
         }
     });
     let start = Instant::now();
-    let mut r = BootResult::default();
-    let (mut cur, mut counted) = (None, false);
+    let mut judge = Judge::new(&boot.programs, test_timeout);
     let mut out = std::io::stdout();
     let mut timed_out = false;
     loop {
@@ -555,7 +663,7 @@ fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
             Ok(line) => {
                 let line = line.trim_end_matches('\r');
                 let _ = writeln!(out, "{line}");
-                judge_line(line, &mut r, &mut cur, &mut counted);
+                judge.line(line);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -568,6 +676,8 @@ fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
         let _ = child.kill();
     }
     let _ = child.wait();
+    let cur = judge.current.clone();
+    let mut r = judge.finish();
     if opts.verbose || !r.status_ok {
         let log = fs::read_to_string(&console).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -742,7 +852,12 @@ fn run_program(
             label: format!("{}-{what}", k.series),
             kernel: k,
             vtd: true,
-            programs: vec![(name.to_string(), exe.to_path_buf(), args.clone())],
+            programs: vec![Program {
+                name: name.to_string(),
+                exe: exe.to_path_buf(),
+                args: args.clone(),
+                test: None,
+            }],
         };
         let r = run_boot(&boot, opts)?;
         r.failures
@@ -824,6 +939,7 @@ pub fn test_all(opts: &Options) -> Result<bool, String> {
 
     let lab = Options {
         timeout: opts.timeout,
+        test_timeout: opts.test_timeout,
         ..Options::default()
     };
     vmtest_into(&lab, &mut total, &mut failures)?;
@@ -848,10 +964,19 @@ mod tests {
         assert_eq!((t.passed, t.failed, t.ignored), (3, 1, 2));
     }
 
+    fn program(name: &str, test: Option<&str>) -> Program {
+        Program {
+            name: name.into(),
+            exe: PathBuf::from("/bin/true"),
+            args: String::new(),
+            test: test.map(Into::into),
+        }
+    }
+
     #[test]
     fn kselftest_totals_and_crash_accounting() {
-        let mut r = BootResult::default();
-        let (mut cur, mut counted) = (None, false);
+        let plan = [program("selftest-iommufd", None), program("crashy", None)];
+        let mut judge = Judge::new(&plan, 300);
         for l in [
             "@@lab begin selftest-iommufd",
             "# Totals: pass:241 fail:0 xfail:0 xpass:0 skip:5 error:0",
@@ -859,13 +984,69 @@ mod tests {
             "@@lab begin crashy",
             "@@lab end crashy rc=139",
         ] {
-            judge_line(l, &mut r, &mut cur, &mut counted);
+            judge.line(l);
         }
+        let r = judge.finish();
         assert_eq!(
             (r.tally.passed, r.tally.failed, r.tally.ignored),
             (241, 1, 5)
         );
         assert!(!r.status_ok);
         assert_eq!(r.failures, vec!["crashy exited with 139".to_string()]);
+    }
+
+    // Each planned test must report its own line; a hang is killed and named; a test
+    // never started (the guest died) is a failure too.
+    #[test]
+    fn planned_tests_must_report() {
+        let plan = [
+            program("iommufd-ioas::a", Some("a")),
+            program("iommufd-ioas::b", Some("b")),
+            program("iommufd-ioas::c", Some("c")),
+            program("iommufd-ioas::d", Some("d")),
+            program("iommufd-ioas::e", Some("e")),
+        ];
+        let mut judge = Judge::new(&plan, 300);
+        for l in [
+            "@@lab kernel 7.3.4",
+            "@@lab begin iommufd-ioas::a",
+            "test a ... ok",
+            "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 9 filtered out; finished in 0.01s",
+            "@@lab end iommufd-ioas::a rc=0",
+            // The name filter matched nothing: 0 tests ran, exit 0.
+            "@@lab begin iommufd-ioas::b",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 10 filtered out; finished in 0.00s",
+            "@@lab end iommufd-ioas::b rc=0",
+            // Hung: killed by the time limit.
+            "@@lab begin iommufd-ioas::c",
+            "@@lab end iommufd-ioas::c rc=137",
+            "@@lab begin iommufd-ioas::d",
+            "test d ... FAILED",
+            "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 9 filtered out; finished in 0.01s",
+            "@@lab end iommufd-ioas::d rc=101",
+            "@@lab status fail",
+        ] {
+            judge.line(l);
+        }
+        let r = judge.finish();
+        assert!(r.reached_init);
+        assert_eq!((r.tally.passed, r.tally.failed), (1, 4), "{:?}", r.failures);
+        let text = r.failures.join("\n");
+        assert!(
+            text.contains("iommufd-ioas::b: planned, but never reported (exit 0)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("iommufd-ioas::c: time limit of 300 s reached; killed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("iommufd-ioas::d: test d ... FAILED"),
+            "{text}"
+        );
+        assert!(
+            text.contains("iommufd-ioas::e: planned, but never run"),
+            "{text}"
+        );
     }
 }

@@ -26,7 +26,7 @@ fn usage() -> &'static str {
       typed API against raw ioctls, 4 KiB to 64 MiB, with and without a VT-d domain)
       in the lab guest, then the typed/raw ratios; FILTER goes to criterion (default
       kernel: 7)
-  cargo xtask test [--timeout SECS]
+  cargo xtask test [--timeout SECS] [--test-timeout SECS]
       host tests (cargo test --workspace), then vmtest on both kernels, then the
       kernel's own iommufd selftests; one closing result line
   cargo xtask vmtest [OPTIONS] [FILTER...]
@@ -34,7 +34,9 @@ fn usage() -> &'static str {
       --kernel K           7 (newest linux-source-7.*), 6.12, all (default), or a bzImage path
       --kernel-selftests   run the kernel's own iommufd selftests (7.x) instead
       --shell              keep a shell open on the guest console after the tests
-      --timeout SECS       hard limit per boot (default 900)
+      --timeout SECS       hard limit per boot (default 1800)
+      --test-timeout SECS  limit per lab test, each run in its own process (default 300):
+                           a test that hangs is killed and fails; the boot goes on
       --verbose            print the guest kernel log after each boot
       FILTER               run only tests whose name contains FILTER (as cargo test)
 

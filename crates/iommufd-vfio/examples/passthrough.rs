@@ -9,6 +9,11 @@
 //!    byte for byte. After the guest RAM is unmapped, a DMA must not reach it.
 //! 4. Teardown, checking that no kernel object is left.
 //!
+//! Everything lives in one `Passthrough` value, the way a VMM's device manager keeps
+//! it, and nothing depends on the order things are declared or dropped in: the
+//! device holds the IOAS it is attached to, the guest memory mapping holds the IOAS
+//! and the guest regions, so an early `?` anywhere tears down cleanly.
+//!
 //! ```text
 //! passthrough [--pci DDDD:BB:DD.F] [--label N]
 //! ```
@@ -22,10 +27,10 @@ use std::fs::File;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
-use iommufd::{Command, HwInfoData, Iommufd, MapFlags};
+use iommufd::{Command, GuestMemoryMapping, HwInfoData, HwptId, Ioas, Iommufd, MapFlags};
 use iommufd_lab::edu::{EDU_MAX_TRANSFER, Edu};
 use iommufd_lab::vfio::VfioDevice as EduPort;
-use iommufd_vfio::{PciAddress, Sysfs, VfioDevice};
+use iommufd_vfio::{BoundDevice, PciAddress, Sysfs, VfioDevice};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 
 /// Guest RAM layout: two regions with a hole, below edu's 28-bit DMA limit.
@@ -68,6 +73,15 @@ fn find_edu(sysfs_root: &str) -> Res<PciAddress> {
         .first()
         .copied()
         .ok_or_else(|| "no edu device alone in its IOMMU group; pass --pci".into())
+}
+
+/// What a VMM keeps of a passthrough device for the life of the VM. The fields may
+/// drop in any order (here the IOAS goes first, before what uses it).
+struct Passthrough {
+    ioas: Ioas,
+    ram: Option<GuestMemoryMapping>,
+    dev: BoundDevice,
+    hwpt: HwptId,
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -148,7 +162,7 @@ fn run() -> Res<()> {
     );
     let dev = VfioDevice::open_pci(&sysfs, addr)?.bind(&fd, label)?;
     objects += 1;
-    let info = fd.hw_info(dev.id())?;
+    let info = dev.hw_info()?;
     let iommu = match info.data {
         HwInfoData::IntelVtd {
             cap_reg, ecap_reg, ..
@@ -156,23 +170,25 @@ fn run() -> Res<()> {
         other => format!("{other:?}"),
     };
     println!(
-        "  bound        {} as label {:#x} (hw_info hands back label {}); IOMMU {iommu}, capabilities {:?}, PASID width {}",
+        "  bound        {} as label {:#x} (hw_info hands back label {:#x}); IOMMU {iommu}, capabilities {:?}, PASID width {}",
         dev.id(),
         dev.label(),
-        info.label.map_or("none".to_string(), |l| format!("{l:#x}")),
+        info.label,
         info.capabilities,
         info.max_pasid_log2
     );
-    assert_eq!(info.label, Some(label), "hw_info must carry the label");
+    if info.label != label {
+        return Err("hw_info must carry the label".into());
+    }
 
     // Map guest RAM at IOVA = GPA, attach the device.
-    let ioas = fd.alloc_ioas()?;
+    let ioas = Ioas::alloc(&fd)?;
     objects += 1;
-    let dma = ioas.map_guest_memory(&guest, MapFlags::RW)?;
-    for a in dma.areas() {
+    let ram = ioas.map_guest_memory(&guest, MapFlags::RW)?;
+    for a in ram.areas() {
         println!(
-            "  mapped       GPA {} + {:#x} at IOVA = GPA via {:?}",
-            a.iova, a.len, a.method
+            "  mapped       GPA {:#x} + {:#x} at IOVA {} via {:?}",
+            a.gpa, a.len, a.iova, a.method
         );
     }
     let hwpt = dev.attach(&ioas)?;
@@ -182,11 +198,19 @@ fn run() -> Res<()> {
         dev.id(),
         ioas.id()
     );
+    let mut vm = Passthrough {
+        ioas,
+        ram: Some(ram),
+        dev,
+        hwpt,
+    };
 
     let is_edu =
         std::fs::read_to_string(format!("/sys/bus/pci/devices/{addr}/device"))?.trim() == "0x11e8";
     if is_edu {
-        let edu = Edu::new(&EduPort::from_owned_fd(dev.as_fd().try_clone_to_owned()?))?;
+        let edu = Edu::new(&EduPort::from_owned_fd(
+            vm.dev.as_fd().try_clone_to_owned()?,
+        ))?;
         let len = EDU_MAX_TRANSFER as usize;
         // Region 0 -> device -> region 1, and back the other way.
         for (i, (src, dst)) in [
@@ -211,7 +235,7 @@ fn run() -> Res<()> {
             );
         }
         // Unmapped guest RAM is out of the device's reach.
-        drop(dma);
+        drop(vm.ram.take());
         let probe = 0x3000_u64;
         guest.write_slice(&[0u8; 64], GuestAddress(probe))?;
         edu.dma_to_memory(0, probe, 64)?;
@@ -223,18 +247,20 @@ fn run() -> Res<()> {
         println!(
             "  unmapped     DMA to GPA {probe:#x} after unmap: blocked by the IOMMU, memory unchanged"
         );
+        // The edu driver's BAR mmap and fd dup go first: they keep the device bound.
+        drop(edu);
     } else {
-        drop(dma);
+        drop(vm.ram.take());
         println!("  DMA          {addr} is not an edu device: DMA check skipped");
     }
 
-    // Teardown: device (detach, unlabel, close), then the IOAS; nothing may remain.
-    let (dev_id, ioas_id) = (dev.id(), ioas.id());
-    dev.close()?;
-    ioas.destroy()?;
+    // Teardown: the whole state at once, in field order (the IOAS handle first: the
+    // device still holds the IOAS and releases it after unbinding). Nothing may remain.
+    let (dev_id, hwpt_id, ioas_id) = (vm.dev.id(), vm.hwpt, vm.ioas.id());
+    drop(vm);
     for (what, id) in [
         ("device", dev_id.raw()),
-        ("hwpt", hwpt.raw()),
+        ("hwpt", hwpt_id.raw()),
         ("ioas", ioas_id.raw()),
     ] {
         match fd.destroy_raw(id) {
@@ -243,6 +269,9 @@ fn run() -> Res<()> {
                 return Err(format!("{what} {id} still exists after teardown: {other:?}").into());
             }
         }
+    }
+    if fd.has_device(dev_id)? {
+        return Err(format!("{dev_id} is still bound after teardown").into());
     }
     println!("  teardown     detached, unbound, IOAS destroyed; no kernel object left");
     println!(

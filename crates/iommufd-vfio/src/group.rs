@@ -4,14 +4,20 @@
 //! Binding one member to `/dev/iommu` claims DMA ownership of the whole group, which the
 //! kernel refuses (`EPERM`) while another member is driven by a kernel driver that uses
 //! the kernel's DMA API. [`IommuGroup::check_viable`] answers the same question before
-//! binding, naming every offending device and its driver.
+//! binding, naming every offending device and its driver. Members bound to a VFIO
+//! driver (vfio-pci or a vfio-pci variant such as `mlx5_vfio_pci`, whatever its name:
+//! they are the ones with a VFIO device cdev) never stand in the way.
 //!
 //! ```
 //! use iommufd_vfio::group::{GroupMember, IommuGroup, PciAddress};
 //! let addr: PciAddress = "0000:00:04.0".parse()?;
 //! let group = IommuGroup {
 //!     id: 7,
-//!     members: vec![GroupMember { device: addr.to_string(), driver: Some("vfio-pci".into()) }],
+//!     members: vec![GroupMember {
+//!         device: addr.to_string(),
+//!         driver: Some("vfio-pci".into()),
+//!         vfio_cdev: Some("vfio0".into()),
+//!     }],
 //! };
 //! group.check_viable()?;
 //! # Ok::<(), iommufd_vfio::GroupError>(())
@@ -25,15 +31,16 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-/// Drivers that manage DMA ownership themselves (the kernel marks them
-/// `driver_managed_dma`): a group member bound to one of them does not stop another
-/// member from being bound to `/dev/iommu`.
+/// Drivers without a VFIO cdev that manage DMA ownership themselves (the kernel
+/// marks them `driver_managed_dma`): a group member bound to one of them does not
+/// stop another member from being bound to `/dev/iommu`. Members bound to VFIO
+/// drivers are recognized by their cdev instead.
 ///
 /// ```
 /// use iommufd_vfio::group::{DMA_OWNER_SAFE_DRIVERS, GroupMember, IommuGroup};
-/// assert!(DMA_OWNER_SAFE_DRIVERS.contains(&"vfio-pci"));
+/// assert!(DMA_OWNER_SAFE_DRIVERS.contains(&"pcieport"));
 /// // A PCIe root port sharing the group does not stop the binding.
-/// let port = GroupMember { device: "0000:00:1c.0".into(), driver: Some("pcieport".into()) };
+/// let port = GroupMember { device: "0000:00:1c.0".into(), driver: Some("pcieport".into()), vfio_cdev: None };
 /// assert!(IommuGroup { id: 3, members: vec![port] }.check_viable().is_ok());
 /// ```
 pub const DMA_OWNER_SAFE_DRIVERS: &[&str] = &["vfio-pci", "pci-stub", "pcieport"];
@@ -64,8 +71,8 @@ pub enum GroupError {
     /// The device has no IOMMU group: no IOMMU translates for it.
     #[error("{0} has no IOMMU group (no IOMMU, or the IOMMU is off)")]
     NoGroup(PciAddress),
-    /// The device is not bound to vfio-pci, so it has no VFIO cdev.
-    #[error("{0} has no VFIO device cdev (bind it to vfio-pci first)")]
+    /// The device is not bound to a VFIO driver, so it has no VFIO cdev.
+    #[error("{0} has no VFIO device cdev (bind it to vfio-pci or a vfio-pci variant driver first)")]
     NoCdev(PciAddress),
     /// Another member of the group is held by a kernel driver: binding would fail with
     /// `EPERM`.
@@ -288,9 +295,11 @@ impl Sysfs {
             })?;
             let name = e.file_name().to_string_lossy().into_owned();
             let driver = read_link_name(&e.path().join("driver"));
+            let vfio_cdev = cdev_name(&e.path());
             members.push(GroupMember {
                 device: name,
                 driver,
+                vfio_cdev,
             });
         }
         members.sort_by(|a, b| a.device.cmp(&b.device));
@@ -321,23 +330,26 @@ impl Sysfs {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn vfio_cdev(&self, addr: PciAddress) -> Result<PathBuf, GroupError> {
-        let dir = self.pci_dir(addr).join("vfio-dev");
-        let entries = fs::read_dir(&dir).map_err(|_| GroupError::NoCdev(addr))?;
-        let name = entries
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("vfio"))
-            .min()
-            .ok_or(GroupError::NoCdev(addr))?;
+        let name = cdev_name(&self.pci_dir(addr)).ok_or(GroupError::NoCdev(addr))?;
         Ok(self.dev.join("vfio/devices").join(name))
     }
+}
+
+/// The name of the VFIO cdev (`vfioN`) of the device at sysfs directory `dir`.
+fn cdev_name(dir: &Path) -> Option<String> {
+    fs::read_dir(dir.join("vfio-dev"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vfio"))
+        .min()
 }
 
 /// One device of an IOMMU group.
 ///
 /// ```
 /// use iommufd_vfio::group::GroupMember;
-/// let nic = GroupMember { device: "0000:00:05.0".into(), driver: Some("e1000e".into()) };
+/// let nic = GroupMember { device: "0000:00:05.0".into(), driver: Some("e1000e".into()), vfio_cdev: None };
 /// assert_eq!(nic.driver.as_deref(), Some("e1000e"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,6 +358,9 @@ pub struct GroupMember {
     pub device: String,
     /// The bound driver, if any.
     pub driver: Option<String>,
+    /// Its VFIO device cdev (`vfioN`), if a VFIO driver (vfio-pci or a variant)
+    /// drives it.
+    pub vfio_cdev: Option<String>,
 }
 
 /// An IOMMU group and its members.
@@ -353,7 +368,11 @@ pub struct GroupMember {
 /// ```
 /// use iommufd_vfio::IommuGroup;
 /// use iommufd_vfio::group::GroupMember;
-/// let member = |dev: &str, drv: Option<&str>| GroupMember { device: dev.into(), driver: drv.map(Into::into) };
+/// let member = |dev: &str, drv: Option<&str>| GroupMember {
+///     device: dev.into(),
+///     driver: drv.map(Into::into),
+///     vfio_cdev: drv.filter(|d| d.contains("vfio")).map(|_| "vfio3".into()),
+/// };
 /// let group = IommuGroup { id: 7, members: vec![member("0000:00:04.0", Some("vfio-pci")), member("0000:00:05.0", None)] };
 /// assert!(group.check_viable().is_ok()); // the unbound member does not count
 /// ```
@@ -367,14 +386,22 @@ pub struct IommuGroup {
 
 impl IommuGroup {
     /// Checks that binding a member to `/dev/iommu` can succeed: every member is
-    /// unbound or bound to a driver of [`DMA_OWNER_SAFE_DRIVERS`]. Otherwise fails with
+    /// unbound, has a VFIO cdev (vfio-pci or a variant driver, whatever its name), or
+    /// is bound to a driver of [`DMA_OWNER_SAFE_DRIVERS`]. Otherwise fails with
     /// [`GroupError::NotViable`] naming each offending device and its driver.
     ///
     /// ```
     /// use iommufd_vfio::IommuGroup;
     /// use iommufd_vfio::group::GroupMember;
-    /// let member = |dev: &str, drv: &str| GroupMember { device: dev.into(), driver: Some(drv.into()) };
-    /// let group = IommuGroup { id: 7, members: vec![member("0000:00:04.0", "vfio-pci"), member("0000:00:05.0", "e1000e")] };
+    /// let member = |dev: &str, drv: &str, cdev: Option<&str>| GroupMember {
+    ///     device: dev.into(),
+    ///     driver: Some(drv.into()),
+    ///     vfio_cdev: cdev.map(Into::into),
+    /// };
+    /// let group = IommuGroup { id: 7, members: vec![
+    ///     member("0000:00:04.0", "mlx5_vfio_pci", Some("vfio0")), // a variant driver: fine
+    ///     member("0000:00:05.0", "e1000e", None),
+    /// ] };
     /// let err = group.check_viable().unwrap_err();
     /// assert_eq!(err.to_string(), "IOMMU group 7 is not viable: 0000:00:05.0 is bound to e1000e");
     /// ```
@@ -383,7 +410,9 @@ impl IommuGroup {
             .members
             .iter()
             .filter_map(|m| match &m.driver {
-                Some(d) if !DMA_OWNER_SAFE_DRIVERS.contains(&d.as_str()) => {
+                Some(d)
+                    if m.vfio_cdev.is_none() && !DMA_OWNER_SAFE_DRIVERS.contains(&d.as_str()) =>
+                {
                     Some((m.device.clone(), d.clone()))
                 }
                 _ => None,
@@ -462,6 +491,11 @@ mod tests {
                 let dd = root.join("sys/bus/pci/drivers").join(drv);
                 fs::create_dir_all(&dd).unwrap();
                 symlink(&dd, d.join("driver")).unwrap();
+                // VFIO drivers (vfio-pci and its variants) give the device a cdev.
+                if drv.contains("vfio") {
+                    fs::create_dir_all(d.join("vfio-dev").join(format!("vfio{}", dev.len())))
+                        .unwrap();
+                }
             }
             fs::create_dir_all(root.join("sys/bus/pci/devices")).unwrap();
             symlink(&d, root.join("sys/bus/pci/devices").join(dev)).unwrap();
@@ -487,6 +521,28 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "IOMMU group 7 is not viable: 0000:01:02.0 is bound to virtio-pci"
+        );
+        let _ = fs::remove_dir_all(root);
+    }
+
+    // The migration-capable devices dirty tracking is for are bound to vfio-pci
+    // variant drivers; their cdev, not their driver's name, makes them usable.
+    #[test]
+    fn vfio_pci_variant_drivers_are_vfio_devices() {
+        let (root, sysfs) = fake_sysfs(&[
+            ("0000:02:00.0", Some("mlx5_vfio_pci")),
+            ("0000:02:00.1", Some("pds_vfio_pci")),
+            ("0000:02:00.2", Some("pcieport")),
+        ]);
+        let addr = "0000:02:00.0".parse().unwrap();
+        let g = sysfs.iommu_group(addr).unwrap();
+        g.check_viable().expect("variant drivers are VFIO drivers");
+        assert!(g.members.iter().filter(|m| m.vfio_cdev.is_some()).count() == 2);
+        assert!(
+            sysfs
+                .vfio_cdev(addr)
+                .unwrap()
+                .starts_with(root.join("dev/vfio/devices"))
         );
         let _ = fs::remove_dir_all(root);
     }

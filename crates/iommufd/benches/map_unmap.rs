@@ -1,10 +1,18 @@
 //! IOAS map + unmap through the typed API, against the same ioctls issued by hand.
 //!
 //! Each benchmark maps one buffer at a fixed IOVA and unmaps it again, either through
-//! [`Ioas::map_user`] / [`Ioas::map_file`] and [`Ioas::unmap`] (`typed`) or by filling
-//! the `iommufd_uapi` structures and calling `libc::ioctl` directly (`raw`, the naive
-//! baseline: it checks the return value and nothing else). Both use the same file,
-//! the same IOAS and the same memory, so the only difference is the call path.
+//! the typed API (`typed`) or by filling the `iommufd_uapi` structures and calling
+//! `libc::ioctl` directly (`raw`, the naive baseline: it checks the return value and
+//! nothing else). Both use the same file, the same IOAS and the same memory, so the
+//! only difference is the call path. The typed paths:
+//!
+//! - `map_user`: [`Ioas::map_user`] + [`Ioas::unmap`], the thinnest wrapper;
+//! - `map_owned`: [`Ioas::map`] of an `Arc<MmapRegion>` returning a [`Mapping`] handle,
+//!   dropped to unmap: what a VMM uses, with the handle's bookkeeping (the IOAS's
+//!   registry of mappings, so a handle never unmaps a newer mapping);
+//! - `map_file`: [`Ioas::map_file`] + [`Ioas::unmap`] of a memfd.
+//!
+//! [`Mapping`]: iommufd::Mapping
 //!
 //! Scenarios, each for 4 KiB, 2 MiB and 64 MiB:
 //!
@@ -33,7 +41,10 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use iommufd::{Command, Ioas, Iommufd, Iova, MapFlags, MmapRegion, uapi};
+use std::sync::Arc;
+
+use iommufd::vm_memory::MmapRegion;
+use iommufd::{Command, Ioas, Iommufd, Iova, MapFlags, uapi};
 use iommufd_lab::pci;
 use iommufd_lab::vfio::VfioDevice;
 
@@ -53,7 +64,7 @@ const RATIO_BUDGET: Duration = Duration::from_millis(500);
 struct Backing {
     label: &'static str,
     len: u64,
-    region: MmapRegion,
+    region: Arc<MmapRegion>,
     file: File,
 }
 
@@ -62,8 +73,10 @@ impl Backing {
         let region = MmapRegion::new(len as usize).expect("mmap");
         let page = 4096;
         for off in (0..len as usize).step_by(page) {
-            region.write_at(off, &[1]).expect("populate the buffer");
+            // SAFETY: `off < len`, inside the mapping `region` owns.
+            unsafe { region.as_ptr().add(off).write_volatile(1) };
         }
+        let region = Arc::new(region);
         // SAFETY: memfd_create with a NUL-terminated name creates a new fd or fails.
         let raw = unsafe { libc::memfd_create(c"iommufd-bench".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(raw >= 0, "memfd_create: {}", io::Error::last_os_error());
@@ -83,17 +96,25 @@ impl Backing {
     }
 }
 
+/// Typed: `Ioas::map` of the shared region, and the handle's drop.
+fn typed_owned(ioas: &Ioas, b: &Backing) {
+    let m = ioas
+        .map(b.region.clone(), Some(BASE), MapFlags::RW)
+        .expect("IOMMU_IOAS_MAP");
+    black_box(m.iova());
+}
+
 /// Typed: `Ioas::map_user` + `Ioas::unmap`.
-fn typed_user(ioas: &Ioas<'_>, b: &Backing) {
+fn typed_user(ioas: &Ioas, b: &Backing) {
     // SAFETY: `b.region` is mapped for the whole call and outlives the mapping, which
     // is removed again before this function returns.
-    let iova = unsafe { ioas.map_user(Some(BASE), b.region.as_ptr(), b.len, MapFlags::RW) }
+    let iova = unsafe { ioas.map_user(b.region.as_ptr(), b.len, Some(BASE), MapFlags::RW) }
         .expect("IOMMU_IOAS_MAP");
     black_box(ioas.unmap(iova, b.len).expect("IOMMU_IOAS_UNMAP"));
 }
 
 /// Typed: `Ioas::map_file` + `Ioas::unmap`.
-fn typed_file(ioas: &Ioas<'_>, b: &Backing) {
+fn typed_file(ioas: &Ioas, b: &Backing) {
     let iova = ioas
         .map_file(&b.file, 0, b.len, Some(BASE), MapFlags::RW)
         .expect("IOMMU_IOAS_MAP_FILE");
@@ -165,6 +186,7 @@ fn raw_file(fd: RawFd, ioas_id: u32, b: &Backing) {
 #[derive(Clone, Copy)]
 enum Source {
     User,
+    Owned,
     File,
 }
 
@@ -172,20 +194,22 @@ impl Source {
     fn name(self) -> &'static str {
         match self {
             Source::User => "map_user",
+            Source::Owned => "map_owned",
             Source::File => "map_file",
         }
     }
 
-    fn typed(self, ioas: &Ioas<'_>, b: &Backing) {
+    fn typed(self, ioas: &Ioas, b: &Backing) {
         match self {
             Source::User => typed_user(ioas, b),
+            Source::Owned => typed_owned(ioas, b),
             Source::File => typed_file(ioas, b),
         }
     }
 
     fn raw(self, fd: RawFd, ioas_id: u32, b: &Backing) {
         match self {
-            Source::User => raw_user(fd, ioas_id, b),
+            Source::User | Source::Owned => raw_user(fd, ioas_id, b),
             Source::File => raw_file(fd, ioas_id, b),
         }
     }
@@ -244,7 +268,7 @@ fn compare(mut typed: impl FnMut(), mut raw: impl FnMut()) -> (f64, f64, f64) {
 fn scenario(
     c: &mut Criterion,
     name: &str,
-    ioas: &Ioas<'_>,
+    ioas: &Ioas,
     source: Source,
     backings: &[Backing],
     ratios: Option<&mut Vec<Ratio>>,
@@ -279,7 +303,7 @@ fn scenario(
 
 /// An isolated `edu` device bound to `fd` and attached to `ioas` (through an
 /// automatically allocated VT-d domain), or why there is none.
-fn attach_edu(fd: &Iommufd, ioas: &Ioas<'_>) -> Result<VfioDevice, String> {
+fn attach_edu(fd: &Iommufd, ioas: &Ioas) -> Result<VfioDevice, String> {
     let pci = pci::isolated_edu().map_err(|e| e.to_string())?;
     let cdev = pci.vfio_cdev().map_err(|e| {
         format!(
@@ -336,9 +360,9 @@ fn main() {
         println!("note: this kernel has no IOMMU_IOAS_MAP_FILE (Linux 6.13): map_file skipped");
     }
     let sources: Vec<Source> = if has_map_file {
-        vec![Source::User, Source::File]
+        vec![Source::User, Source::Owned, Source::File]
     } else {
-        vec![Source::User]
+        vec![Source::User, Source::Owned]
     };
     let backings: Vec<Backing> = SIZES
         .iter()
@@ -347,14 +371,14 @@ fn main() {
     let mut ratios = Vec::new();
 
     {
-        let ioas = fd.alloc_ioas().expect("IOMMU_IOAS_ALLOC");
+        let ioas = Ioas::alloc(&fd).expect("IOMMU_IOAS_ALLOC");
         for &s in &sources {
             let r = benchmarking.then_some(&mut ratios);
             scenario(&mut c, "no_domain", &ioas, s, &backings, r);
         }
     }
 
-    let ioas = fd.alloc_ioas().expect("IOMMU_IOAS_ALLOC");
+    let ioas = Ioas::alloc(&fd).expect("IOMMU_IOAS_ALLOC");
     match attach_edu(&fd, &ioas) {
         Ok(dev) => {
             for &s in &sources {

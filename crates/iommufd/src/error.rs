@@ -7,15 +7,14 @@ use crate::{DeviceId, IoasId, Iova};
 
 /// The result type of this crate.
 ///
-/// ```
-/// use iommufd::{IoasId, Iommufd, Result};
+/// ```no_run
+/// use iommufd::{Ioas, Iommufd, Result};
 ///
-/// fn new_ioas(fd: &Iommufd) -> Result<IoasId> {
-///     Ok(fd.alloc_ioas()?.into_id())
+/// fn new_ioas(fd: &Iommufd) -> Result<Ioas> {
+///     let ioas = Ioas::alloc(fd)?;
+///     ioas.iova_ranges()?;
+///     Ok(ioas)
 /// }
-/// // /dev/null is not an iommufd: it answers every command with ENOTTY.
-/// let fd = Iommufd::open_path("/dev/null")?;
-/// assert!(new_ioas(&fd).unwrap_err().is_unsupported());
 /// # Ok::<(), iommufd::Error>(())
 /// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -28,16 +27,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// [`Error::is_unsupported`] and fall back.
 ///
 /// ```
+/// use std::fs::File;
 /// use iommufd::{Error, Iommufd};
-/// // /dev/null is not an iommufd: it answers every command with ENOTTY.
-/// let fd = Iommufd::open_path("/dev/null")?;
+/// // SAFETY: /dev/null answers every ioctl with ENOTTY and touches no memory.
+/// let fd = unsafe { Iommufd::from_owned_fd_unchecked(File::open("/dev/null")?.into()) };
 /// let err = fd.destroy_raw(1).unwrap_err();
 /// assert!(matches!(err, Error::Unsupported { op: "IOMMU_DESTROY", errno: libc::ENOTTY, .. }));
 /// assert!(err.to_string().starts_with("IOMMU_DESTROY on object 1 is not supported"));
 /// // Into std::io::Error, keeping the errno's kind.
 /// let io: std::io::Error = Iommufd::open_path("/nonexistent/iommu").unwrap_err().into();
 /// assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
-/// # Ok::<(), iommufd::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +51,71 @@ pub enum Error {
         /// The error of `open(2)`.
         #[source]
         source: std::io::Error,
+    },
+
+    /// The file is not the iommufd misc device ([`Iommufd::from_owned_fd`]); no
+    /// command was sent to it.
+    ///
+    /// [`Iommufd::from_owned_fd`]: crate::Iommufd::from_owned_fd
+    #[error("{file} is not /dev/iommu: {reason}")]
+    NotIommufd {
+        /// The path or fd.
+        file: String,
+        /// What it is instead.
+        reason: String,
+    },
+
+    /// The object a command names does not exist (any more) in the file: the kernel
+    /// answered `ENOENT` (or, for `IOMMU_HWPT_ALLOC`, `EINVAL`, after a check that
+    /// the IOAS is gone). Objects of this crate exist as long as their handles, so
+    /// this follows an object destroyed by id behind its handle's back
+    /// ([`Iommufd::destroy_raw`]), a device unbound by another layer, or a raw id.
+    ///
+    /// [`Iommufd::destroy_raw`]: crate::Iommufd::destroy_raw
+    #[error("{op}: {object} does not exist ({})", Errno(*errno))]
+    NotFound {
+        /// The operation, named after the ioctl.
+        op: &'static str,
+        /// The missing object.
+        object: String,
+        /// The errno the kernel returned.
+        errno: i32,
+    },
+
+    /// The object cannot be destroyed or closed yet: other handles still hold it
+    /// (clones, objects built on it, attached devices, mappings). Nothing was sent
+    /// to the kernel; drop those first.
+    #[error(
+        "{op} on {object}: still held by {others} other handle(s) (clones, objects built on it, attached devices or mappings)"
+    )]
+    InUse {
+        /// The operation that was refused.
+        op: &'static str,
+        /// The object.
+        object: String,
+        /// How many other handles hold it.
+        others: usize,
+    },
+
+    /// The kernel answered with a value this crate does not know (from a newer
+    /// kernel, e.g. a new `IOMMU_OPTION` value).
+    #[error("{op}: the kernel answered {value}, which this crate does not know")]
+    UnexpectedValue {
+        /// The operation.
+        op: &'static str,
+        /// The value.
+        value: u64,
+    },
+
+    /// A guest-physical range to map is not entirely guest memory.
+    #[error("{len:#x} bytes at GPA {gpa:#x} are not all guest memory{}", .hole.map(|h| format!(" (nothing at {h:#x})")).unwrap_or_default())]
+    NotGuestMemory {
+        /// The start of the range.
+        gpa: u64,
+        /// Its length.
+        len: u64,
+        /// The first address not backed by a region, if the range does not overflow.
+        hole: Option<u64>,
     },
 
     /// The kernel rejected a command.
@@ -108,14 +173,15 @@ pub enum Error {
         object: String,
     },
 
-    /// A device label is already given to another device of the same file: labels
-    /// name devices, so they must be unique.
-    #[error("label {label:#x} is already used by {device}")]
+    /// A device label is already given to another device of the same file (or
+    /// reserved by a bind in progress): labels name devices, so they are unique per
+    /// file.
+    #[error("label {label:#x} is already used by {}", .device.map(|d| d.to_string()).unwrap_or_else(|| "a bind in progress".into()))]
     LabelInUse {
         /// The label.
         label: u64,
-        /// The device that has it.
-        device: crate::DeviceId,
+        /// The bound device that has it (`None`: a reservation).
+        device: Option<DeviceId>,
     },
 
     /// An argument was refused before reaching the kernel (the reason says why).
@@ -149,8 +215,17 @@ pub enum Error {
 }
 
 impl Error {
-    /// Classifies an errno returned by the kernel for `op` on `object`.
-    pub(crate) fn from_errno(op: &'static str, object: impl fmt::Display, errno: i32) -> Error {
+    /// Classifies an errno the kernel returned for `op` on `object`: `ENOTTY` and
+    /// `EOPNOTSUPP` are [`Error::Unsupported`], anything else [`Error::Ioctl`]. For
+    /// layers that issue their own commands on objects of this crate (device
+    /// binding), so that their errors read like the crate's.
+    ///
+    /// ```
+    /// use iommufd::Error;
+    /// let e = Error::from_errno("VFIO_DEVICE_ATTACH_IOMMUFD_PT", "vfio0", libc::EOPNOTSUPP);
+    /// assert!(e.is_unsupported());
+    /// ```
+    pub fn from_errno(op: &'static str, object: impl fmt::Display, errno: i32) -> Error {
         if is_unsupported_errno(errno) {
             Error::Unsupported {
                 op,
@@ -166,11 +241,24 @@ impl Error {
         }
     }
 
+    /// Like [`Error::from_errno`] for a command that names `object` by id: `ENOENT`
+    /// means the object does not exist ([`Error::NotFound`]).
+    pub(crate) fn naming_object(op: &'static str, object: impl fmt::Display, errno: i32) -> Error {
+        if errno == libc::ENOENT {
+            Error::NotFound {
+                op,
+                object: object.to_string(),
+                errno,
+            }
+        } else {
+            Error::from_errno(op, object, errno)
+        }
+    }
+
     /// The errno behind the error, if the kernel (or the C library) returned one.
     ///
     /// `None` for errors this crate detects itself ([`Error::WrongIommufd`],
-    /// [`Error::LabelInUse`],
-    /// [`Error::InvalidArgument`], [`Error::HwInfoDecode`]).
+    /// [`Error::InUse`], [`Error::LabelInUse`], [`Error::InvalidArgument`], ...).
     ///
     /// ```
     /// # let err = iommufd::Iommufd::open_path("/nonexistent/iommu").unwrap_err();
@@ -181,9 +269,14 @@ impl Error {
             Error::Open { source, .. } => source.raw_os_error(),
             Error::Ioctl { errno, .. }
             | Error::Unsupported { errno, .. }
+            | Error::NotFound { errno, .. }
             | Error::Os { errno, .. } => Some(*errno),
             Error::UnmapSplit { .. } => Some(libc::ENOENT),
             Error::WrongIommufd { .. }
+            | Error::NotIommufd { .. }
+            | Error::InUse { .. }
+            | Error::UnexpectedValue { .. }
+            | Error::NotGuestMemory { .. }
             | Error::LabelInUse { .. }
             | Error::InvalidArgument { .. }
             | Error::HwInfoDecode { .. } => None,
@@ -194,12 +287,13 @@ impl Error {
     /// the case to fall back on rather than fail.
     ///
     /// ```
-    /// use iommufd::Iommufd;
-    /// let fd = Iommufd::open_path("/dev/null")?; // not an iommufd: ENOTTY
-    /// assert!(fd.alloc_ioas().unwrap_err().is_unsupported());
+    /// use iommufd::{Ioas, Iommufd};
+    /// // SAFETY: /dev/null answers every ioctl with ENOTTY and touches no memory.
+    /// let fd = unsafe { Iommufd::from_owned_fd_unchecked(std::fs::File::open("/dev/null")?.into()) };
+    /// assert!(Ioas::alloc(&fd).unwrap_err().is_unsupported());
     /// let missing = Iommufd::open_path("/nonexistent/iommu").unwrap_err();
     /// assert!(!missing.is_unsupported()); // ENOENT from open(2)
-    /// # Ok::<(), iommufd::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Error::Unsupported { .. })
@@ -218,6 +312,42 @@ impl From<Error> for std::io::Error {
                 None => std::io::Error::new(std::io::ErrorKind::InvalidInput, other),
             },
         }
+    }
+}
+
+/// An operation that consumes an object failed; the object comes back unchanged, so
+/// the caller can retry or keep it ([`Object::destroy`](crate::Object::destroy),
+/// [`Mapping::unmap`](crate::Mapping::unmap)).
+///
+/// Converts into [`Error`] with `?` (dropping the object). Layers on top use it with
+/// their own error type `E`.
+///
+/// ```no_run
+/// use iommufd::{Ioas, Iommufd};
+/// let fd = Iommufd::open()?;
+/// let ioas = Ioas::alloc(&fd)?;
+/// let _held = ioas.clone();
+/// match ioas.destroy() {
+///     Ok(()) => {}
+///     Err(refused) => {
+///         eprintln!("{}", refused.error); // still held by 1 other handle
+///         let ioas = refused.object; // keep using it
+///     }
+/// }
+/// # Ok::<(), iommufd::Error>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Refused<T, E = Error> {
+    /// Why it failed.
+    pub error: E,
+    /// The object, as it was.
+    pub object: T,
+}
+
+impl<T> From<Refused<T>> for Error {
+    fn from(r: Refused<T>) -> Error {
+        r.error
     }
 }
 
@@ -291,7 +421,7 @@ mod tests {
             assert!(e.is_unsupported(), "{e}");
             assert_eq!(e.errno(), Some(errno));
         }
-        let e = Error::from_errno("IOMMU_IOAS_MAP", IoasId::from_raw(3), libc::EEXIST);
+        let e = Error::from_errno("IOMMU_IOAS_MAP", IoasId::new(3, 1), libc::EEXIST);
         assert!(!e.is_unsupported());
         assert_eq!(e.errno(), Some(libc::EEXIST));
         let text = e.to_string();
@@ -302,7 +432,7 @@ mod tests {
     #[test]
     fn unmap_split_keeps_enoent() {
         let e = Error::UnmapSplit {
-            ioas: IoasId::from_raw(1),
+            ioas: IoasId::new(1, 1),
             iova: Iova(0x1000),
             length: 0x1000,
         };

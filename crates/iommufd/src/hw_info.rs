@@ -69,25 +69,23 @@ bitflags! {
     }
 }
 
-/// The IOMMU information of a device, from [`Iommufd::hw_info`].
+/// The IOMMU information of a device, from [`Device::hw_info`](crate::Device::hw_info).
 ///
 /// ```no_run
-/// # let fd = iommufd::Iommufd::open()?;
-/// # let dev = iommufd::DeviceId::from_raw(1);
-/// let info = fd.hw_info(dev)?;
-/// println!("{} (label {:?}): data type {:#x}, {} bytes", info.device, info.label, info.data_type, info.data_len);
+/// # fn f(dev: &iommufd::Device) -> iommufd::Result<()> {
+/// let info = dev.hw_info()?;
+/// println!("{} (label {:#x}): data type {:#x}, {} bytes", info.device, info.label, info.data_type, info.data_len);
 /// if info.max_pasid_log2 > 0 {
 ///     println!("{}-bit PASIDs", info.max_pasid_log2);
 /// }
-/// # Ok::<(), iommufd::Error>(())
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HwInfo {
     /// The device asked about.
     pub device: DeviceId,
-    /// The device's label, if one was set ([`Iommufd::set_label`]; device binding
-    /// layers set it at bind time).
-    pub label: Option<u64>,
+    /// The device's label (chosen when it was bound).
+    pub label: u64,
     /// The type-specific data, decoded.
     pub data: HwInfoData,
     /// The kernel's type code of `data` (`enum iommu_hw_info_type`).
@@ -279,88 +277,54 @@ impl HwInfoData {
     }
 }
 
-impl Iommufd {
-    /// Queries the IOMMU behind device `dev` (`IOMMU_GET_HW_INFO`, Linux 6.6): its
-    /// type-specific registers, generic capabilities and PASID width.
-    ///
-    /// ```no_run
-    /// use iommufd::{DeviceId, HwCapabilities, HwInfoData, Iommufd};
-    /// # let dev = DeviceId::from_raw(1);
-    /// let fd = Iommufd::open()?;
-    /// let info = fd.hw_info(dev)?;
-    /// if let HwInfoData::IntelVtd { cap_reg, ecap_reg, .. } = info.data {
-    ///     println!("VT-d cap {cap_reg:#x} ecap {ecap_reg:#x}");
-    /// }
-    /// let dirty = info.capabilities.contains(HwCapabilities::DIRTY_TRACKING);
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn hw_info(&self, dev: DeviceId) -> Result<HwInfo> {
-        self.hw_info_inner(dev, None)
-    }
-
-    /// Like [`Iommufd::hw_info`], asking for the data of type `data_type`
-    /// (`IOMMU_HW_INFO_FLAG_INPUT_TYPE`, Linux 6.17), for IOMMUs that report more
-    /// than one type (e.g. SMMUv3 with Tegra241 CMDQV). [`Error::Unsupported`] on
-    /// older kernels or if the IOMMU has no data of that type.
-    ///
-    /// ```no_run
-    /// use iommufd::{DeviceId, HwInfoData, Iommufd, uapi};
-    /// # let dev = DeviceId::from_raw(1);
-    /// let fd = Iommufd::open()?;
-    /// if fd.probe().hw_info_input_type {
-    ///     let info = fd.hw_info_of_type(dev, uapi::IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV)?;
-    ///     if let HwInfoData::Tegra241Cmdqv { log2vcmdqs, .. } = info.data {
-    ///         println!("{} VCMDQs", 1u32 << log2vcmdqs);
-    ///     }
-    /// }
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn hw_info_of_type(&self, dev: DeviceId, data_type: u32) -> Result<HwInfo> {
-        self.hw_info_inner(dev, Some(data_type))
-    }
-
-    fn hw_info_inner(&self, dev: DeviceId, data_type: Option<u32>) -> Result<HwInfo> {
-        // Every known structure fits; a newer, larger one makes a second round.
-        let mut buf = vec![0u8; 64];
-        for _ in 0..4 {
-            let mut a: uapi::iommu_hw_info = arg();
-            a.dev_id = dev.raw();
-            if let Some(t) = data_type {
-                a.flags = uapi::IOMMU_HW_INFO_FLAG_INPUT_TYPE;
-                a.__bindgen_anon_1.in_data_type = t;
-            }
-            a.data_len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-            a.data_uptr = buf.as_mut_ptr() as u64;
-            // SAFETY: `data_uptr` points to `buf`, `data_len` bytes exclusively
-            // borrowed for the call; the kernel writes at most `data_len` bytes.
-            unsafe { self.ioctl(uapi::IOMMU_GET_HW_INFO, &mut a) }
-                .map_err(|e| Error::from_errno("IOMMU_GET_HW_INFO", dev, e.0))?;
-            let len = a.data_len as usize;
-            if len > buf.len() && len <= 1 << 16 {
-                buf.resize(len, 0);
-                continue;
-            }
-            // SAFETY: both union members are `u32`; any value is valid.
-            let out_type = unsafe { a.__bindgen_anon_1.out_data_type };
-            let data =
-                HwInfoData::decode(out_type, buf.get(..len).unwrap_or(&buf)).map_err(|source| {
-                    Error::HwInfoDecode {
-                        device: dev,
-                        source,
-                    }
-                })?;
-            return Ok(HwInfo {
-                device: dev,
-                label: self.label_of(dev),
-                data,
-                data_type: out_type,
-                data_len: a.data_len,
-                capabilities: HwCapabilities::from_bits_retain(a.out_capabilities),
-                max_pasid_log2: a.out_max_pasid_log2,
-            });
+/// Queries the IOMMU behind device `dev` of `fd` (`IOMMU_GET_HW_INFO`).
+pub(crate) fn query_hw_info(
+    fd: &Iommufd,
+    dev: DeviceId,
+    label: u64,
+    data_type: Option<u32>,
+) -> Result<HwInfo> {
+    fd.check_owner("IOMMU_GET_HW_INFO", dev.owner(), dev)?;
+    // Every known structure fits; a newer, larger one makes a second round.
+    let mut buf = vec![0u8; 64];
+    for _ in 0..4 {
+        let mut a: uapi::iommu_hw_info = arg();
+        a.dev_id = dev.raw();
+        if let Some(t) = data_type {
+            a.flags = uapi::IOMMU_HW_INFO_FLAG_INPUT_TYPE;
+            a.__bindgen_anon_1.in_data_type = t;
         }
-        Err(Error::from_errno("IOMMU_GET_HW_INFO", dev, libc::EMSGSIZE))
+        a.data_len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        a.data_uptr = buf.as_mut_ptr() as u64;
+        // SAFETY: `data_uptr` points to `buf`, `data_len` bytes exclusively
+        // borrowed for the call; the kernel writes at most `data_len` bytes.
+        unsafe { fd.ioctl(uapi::IOMMU_GET_HW_INFO, &mut a) }
+            .map_err(|e| Error::naming_object("IOMMU_GET_HW_INFO", dev, e.0))?;
+        let len = a.data_len as usize;
+        if len > buf.len() && len <= 1 << 16 {
+            buf.resize(len, 0);
+            continue;
+        }
+        // SAFETY: both union members are `u32`; any value is valid.
+        let out_type = unsafe { a.__bindgen_anon_1.out_data_type };
+        let data =
+            HwInfoData::decode(out_type, buf.get(..len).unwrap_or(&buf)).map_err(|source| {
+                Error::HwInfoDecode {
+                    device: dev,
+                    source,
+                }
+            })?;
+        return Ok(HwInfo {
+            device: dev,
+            label,
+            data,
+            data_type: out_type,
+            data_len: a.data_len,
+            capabilities: HwCapabilities::from_bits_retain(a.out_capabilities),
+            max_pasid_log2: a.out_max_pasid_log2,
+        });
     }
+    Err(Error::from_errno("IOMMU_GET_HW_INFO", dev, libc::EMSGSIZE))
 }
 
 #[cfg(test)]
@@ -512,12 +476,18 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
     fn hw_info_on_a_non_iommufd_is_unsupported() {
-        let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
-        let e = fd.hw_info(DeviceId::from_raw(1)).unwrap_err();
+        let fd = crate::iommufd::tests::null();
+        let other = crate::iommufd::tests::null();
+        let e = query_hw_info(&fd, DeviceId::new(1, fd.token()), 5, None).unwrap_err();
         assert!(e.is_unsupported(), "{e}");
         assert!(e.to_string().contains("device 1"));
+        let e = query_hw_info(&fd, DeviceId::new(1, fd.token()), 5, Some(3)).unwrap_err();
+        assert!(e.is_unsupported(), "{e}");
+        // A device id of another file is refused before the kernel.
+        let e = query_hw_info(&fd, DeviceId::new(1, other.token()), 5, None).unwrap_err();
+        assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
     }
 
     // Seeds of the `hw_info_decode` fuzz target: a type code (u32, little

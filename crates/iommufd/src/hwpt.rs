@@ -1,51 +1,61 @@
 //! Hardware page tables and dirty tracking.
 
-use std::fmt;
-use std::mem::ManuallyDrop;
-use std::os::fd::AsRawFd;
-
 use bitflags::bitflags;
 use iommufd_uapi as uapi;
 
+use crate::ids::kind;
+use crate::object::{Object, sealed::ObjectState};
 use crate::sys::arg;
-use crate::{DeviceId, Error, HwptId, Iommufd, Iova, PtId, Result};
+use crate::{DirtyBitmap, Error, Ioas, Iova, Result};
 
 bitflags! {
     /// Flags of [`Hwpt::alloc`] (`enum iommufd_hwpt_alloc_flags`).
     ///
     /// ```
     /// use iommufd::HwptFlags;
-    /// assert_eq!(HwptFlags::DIRTY_TRACKING.bits(), 2);
+    /// let flags = HwptFlags::DIRTY_TRACKING | HwptFlags::PASID;
+    /// assert!(flags.contains(HwptFlags::PASID));
     /// ```
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct HwptFlags: u32 {
         /// The HWPT may be the parent (stage 2) of nested HWPTs
         /// (`IOMMU_HWPT_ALLOC_NEST_PARENT`).
-        ///
-        /// ```
-        /// use iommufd::{HwptFlags, uapi};
-        /// assert_eq!(HwptFlags::NEST_PARENT.bits(), uapi::IOMMU_HWPT_ALLOC_NEST_PARENT);
-        /// ```
         const NEST_PARENT = uapi::IOMMU_HWPT_ALLOC_NEST_PARENT;
         /// The HWPT can track DMA writes (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`, Linux
         /// 6.7); fails with `EOPNOTSUPP` unless the device's
         /// [`HwCapabilities::DIRTY_TRACKING`](crate::HwCapabilities::DIRTY_TRACKING)
         /// is set.
-        ///
-        /// ```
-        /// use iommufd::{HwptFlags, uapi};
-        /// assert_eq!(HwptFlags::DIRTY_TRACKING.bits(), uapi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING);
-        /// ```
         const DIRTY_TRACKING = uapi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
         /// The HWPT may be attached to PASIDs as well as to the whole device
         /// (`IOMMU_HWPT_ALLOC_PASID`, Linux 6.15).
-        ///
-        /// ```
-        /// use iommufd::{HwptFlags, uapi};
-        /// assert_eq!(HwptFlags::PASID.bits(), uapi::IOMMU_HWPT_ALLOC_PASID);
-        /// ```
         const PASID = uapi::IOMMU_HWPT_ALLOC_PASID;
     }
+}
+
+bitflags! {
+    /// Flags of [`Hwpt::get_dirty_bitmap`] (`enum iommufd_hwpt_get_dirty_bitmap_flags`).
+    ///
+    /// ```
+    /// use iommufd::DirtyReadFlags;
+    /// assert!(DirtyReadFlags::empty().is_empty()); // read and clear
+    /// ```
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct DirtyReadFlags: u32 {
+        /// Read the dirty state without clearing it
+        /// (`IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR`): for a last read before the
+        /// range is unmapped anyway, which saves the IOTLB flush.
+        const NO_CLEAR = uapi::IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR;
+    }
+}
+
+/// What a HWPT keeps beside its id.
+#[derive(Debug)]
+pub struct HwptState {
+    flags: HwptFlags,
+}
+
+impl ObjectState for kind::Hwpt {
+    type State = HwptState;
 }
 
 /// A kernel-managed (paging) hardware page table (`IOMMU_HWPT_ALLOC`): an IOMMU
@@ -53,729 +63,233 @@ bitflags! {
 /// flags can be chosen (dirty tracking, nesting parent, PASID) and so that several
 /// devices can share it.
 ///
-/// Destroyed on drop (logging errors such as `EBUSY` while a device is attached);
-/// [`Hwpt::destroy`] returns them. A HWPT holds its IOAS busy: drop the HWPT first
-/// (destroying the IOAS before it fails with `EBUSY`, and the IOAS then stays until
-/// the file is closed).
+/// A shared handle ([`Object`]) that holds its IOAS; devices attached to it hold it.
 ///
 /// ```no_run
-/// use iommufd::{DeviceId, Hwpt, HwptFlags, Iommufd, Iova};
-/// # let dev = DeviceId::from_raw(1);
-/// let fd = Iommufd::open()?;
-/// let ioas = fd.alloc_ioas()?;
-/// let hwpt = Hwpt::alloc(&fd, dev, &ioas, HwptFlags::DIRTY_TRACKING)?;
-/// // ... attach the device to `hwpt`, map guest memory into `ioas` ...
-/// hwpt.set_dirty_tracking(true)?;
-/// let dirty = hwpt.get_dirty_bitmap(Iova(0), 1 << 30, 4096, false)?;
+/// use iommufd::{DirtyReadFlags, Hwpt, HwptFlags, Ioas, Iova};
+/// # fn f(dev: &iommufd::Device) -> iommufd::Result<()> {
+/// let ioas = Ioas::alloc(dev.iommufd())?;
+/// let hwpt = Hwpt::alloc(&ioas, dev, HwptFlags::DIRTY_TRACKING)?;
+/// dev.attach(&hwpt)?;
+/// // ... map guest memory into `ioas`, run the guest ...
+/// hwpt.enable_dirty_tracking()?;
+/// let dirty = hwpt.get_dirty_bitmap(Iova(0), 1 << 30, 4096, DirtyReadFlags::empty())?;
 /// for iova in dirty.dirty_iovas() {
 ///     println!("dirty page at {iova}");
 /// }
-/// # Ok::<(), iommufd::Error>(())
+/// # Ok(()) }
 /// ```
-#[must_use = "dropping a Hwpt destroys it"]
-pub struct Hwpt<'fd> {
-    fd: &'fd Iommufd,
-    id: HwptId,
-}
+pub type Hwpt = Object<kind::Hwpt>;
 
-impl fmt::Debug for Hwpt<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hwpt")
-            .field("id", &self.id)
-            .field("iommufd", &self.fd.as_raw_fd())
-            .finish()
-    }
-}
-
-impl<'fd> Hwpt<'fd> {
-    /// Allocates a paging HWPT for device `dev` that maps what the IOAS `pt` maps
-    /// (`IOMMU_HWPT_ALLOC` with `IOMMU_HWPT_DATA_NONE`).
+impl Object<kind::Hwpt> {
+    /// Allocates a paging HWPT for `dev` that maps what `ioas` maps
+    /// (`IOMMU_HWPT_ALLOC` with `IOMMU_HWPT_DATA_NONE`); the HWPT holds the IOAS.
     ///
-    /// `pt` is an IOAS (an `&Ioas`, or an [`IoasId`](crate::IoasId) taken on trust).
-    /// Fails with [`Error::WrongIommufd`] if `pt` is an object of another file,
-    /// [`Error::Unsupported`] if the kernel or the device's IOMMU lacks a flag, and
-    /// `EINVAL` if `pt` is not an IOAS.
+    /// Fails with [`Error::WrongIommufd`] if the IOAS or the device belongs to
+    /// another file, [`Error::Unsupported`] if the kernel or the device's IOMMU lacks
+    /// a flag, and [`Error::NotFound`] if the device or IOAS is gone.
     ///
     /// ```no_run
-    /// use iommufd::{DeviceId, Hwpt, HwptFlags, Iommufd};
-    /// # let dev = DeviceId::from_raw(1); // from VFIO_DEVICE_BIND_IOMMUFD
-    /// let fd = Iommufd::open()?;
-    /// let ioas = fd.alloc_ioas()?;
+    /// use iommufd::{Hwpt, HwptFlags, Ioas};
+    /// # fn f(dev: &iommufd::Device) -> iommufd::Result<()> {
+    /// let ioas = Ioas::alloc(dev.iommufd())?;
     /// // Dirty tracking where the IOMMU has it, a plain HWPT otherwise.
-    /// let hwpt = match Hwpt::alloc(&fd, dev, &ioas, HwptFlags::DIRTY_TRACKING) {
-    ///     Err(e) if e.is_unsupported() => Hwpt::alloc(&fd, dev, &ioas, HwptFlags::empty())?,
+    /// let hwpt = match Hwpt::alloc(&ioas, dev, HwptFlags::DIRTY_TRACKING) {
+    ///     Err(e) if e.is_unsupported() => Hwpt::alloc(&ioas, dev, HwptFlags::empty())?,
     ///     other => other?,
     /// };
-    /// # Ok::<(), iommufd::Error>(())
+    /// # Ok(()) }
     /// ```
-    pub fn alloc(
-        fd: &'fd Iommufd,
-        dev: DeviceId,
-        pt: impl Into<PtId>,
-        flags: HwptFlags,
-    ) -> Result<Hwpt<'fd>> {
-        let pt = pt.into();
-        fd.check_owner("IOMMU_HWPT_ALLOC", pt.owner(), pt)?;
+    pub fn alloc(ioas: &Ioas, dev: &impl AsRef<crate::Device>, flags: HwptFlags) -> Result<Hwpt> {
+        const OP: &str = "IOMMU_HWPT_ALLOC";
+        let dev = dev.as_ref();
+        let fd = ioas.iommufd();
+        dev.check_file(fd, OP)?;
         let mut a: uapi::iommu_hwpt_alloc = arg();
         a.flags = flags.bits();
-        a.dev_id = dev.raw();
-        a.pt_id = pt.raw();
+        a.dev_id = dev.id().raw();
+        a.pt_id = ioas.id().raw();
         a.data_type = uapi::IOMMU_HWPT_DATA_NONE;
         // SAFETY: no user pointer: `data_uptr` is 0 with `data_len` 0 (no
         // driver-specific data), and `fault_id` is not a pointer.
-        unsafe { fd.ioctl(uapi::IOMMU_HWPT_ALLOC, &mut a) }.map_err(|e| {
-            Error::from_errno("IOMMU_HWPT_ALLOC", format_args!("{dev} with {pt}"), e.0)
+        unsafe { fd.ioctl(uapi::IOMMU_HWPT_ALLOC, &mut a) }.map_err(|e| match e.0 {
+            // ENOENT: the device is gone. EINVAL: the kernel's answer for a `pt_id`
+            // that names no object: say so if the IOAS is gone.
+            libc::ENOENT => Error::naming_object(OP, dev.id(), e.0),
+            libc::EINVAL
+                if ioas
+                    .iova_ranges()
+                    .is_err_and(|e| matches!(e, Error::NotFound { .. })) =>
+            {
+                Error::NotFound {
+                    op: OP,
+                    object: ioas.id().to_string(),
+                    errno: e.0,
+                }
+            }
+            errno => Error::from_errno(OP, format_args!("{} with {}", dev.id(), ioas.id()), errno),
         })?;
-        Ok(Hwpt {
+        Ok(Object::from_parts(
             fd,
-            id: HwptId::from_raw(a.out_hwpt_id),
-        })
+            a.out_hwpt_id,
+            vec![ioas.as_parent()],
+            HwptState { flags },
+        ))
     }
 
-    /// The id.
+    /// The flags it was allocated with.
     ///
     /// ```no_run
-    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
-    /// println!("attach the device to {}", hwpt.id()); // e.g. "hwpt 2"
-    /// # Ok::<(), iommufd::Error>(())
+    /// use iommufd::{Hwpt, HwptFlags, Ioas};
+    /// # fn f(dev: &iommufd::Device) -> iommufd::Result<()> {
+    /// let hwpt = Hwpt::alloc(&Ioas::alloc(dev.iommufd())?, dev, HwptFlags::PASID)?;
+    /// assert_eq!(hwpt.flags(), HwptFlags::PASID);
+    /// # Ok(()) }
     /// ```
-    pub fn id(&self) -> HwptId {
-        self.id
+    pub fn flags(&self) -> HwptFlags {
+        self.state().flags
     }
 
-    /// The file the HWPT belongs to.
+    /// Starts tracking DMA writes (`IOMMU_HWPT_SET_DIRTY_TRACKING`, Linux 6.7), e.g.
+    /// when live migration starts. The HWPT must have been allocated with
+    /// [`HwptFlags::DIRTY_TRACKING`].
     ///
     /// ```no_run
-    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
-    /// assert!(std::ptr::eq(hwpt.iommufd(), &fd));
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn iommufd(&self) -> &'fd Iommufd {
-        self.fd
-    }
-
-    /// Starts or stops dirty tracking (`IOMMU_HWPT_SET_DIRTY_TRACKING`, Linux 6.7).
-    /// The HWPT must have been allocated with [`HwptFlags::DIRTY_TRACKING`].
-    ///
-    /// ```no_run
-    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
-    /// hwpt.set_dirty_tracking(true)?; // live migration starts
+    /// # fn f(hwpt: &iommufd::Hwpt) -> iommufd::Result<()> {
+    /// hwpt.enable_dirty_tracking()?; // live migration starts
     /// // ... copy guest memory, then harvest with `get_dirty_bitmap` ...
-    /// hwpt.set_dirty_tracking(false)?;
-    /// # Ok::<(), iommufd::Error>(())
+    /// hwpt.disable_dirty_tracking()?;
+    /// # Ok(()) }
     /// ```
-    pub fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
+    pub fn enable_dirty_tracking(&self) -> Result<()> {
+        self.set_dirty_tracking(uapi::IOMMU_HWPT_DIRTY_TRACKING_ENABLE)
+    }
+
+    /// Stops tracking DMA writes (`IOMMU_HWPT_SET_DIRTY_TRACKING`).
+    ///
+    /// ```no_run
+    /// # fn f(hwpt: &iommufd::Hwpt) -> iommufd::Result<()> {
+    /// hwpt.disable_dirty_tracking()?; // migration cancelled or done
+    /// # Ok(()) }
+    /// ```
+    pub fn disable_dirty_tracking(&self) -> Result<()> {
+        self.set_dirty_tracking(0)
+    }
+
+    fn set_dirty_tracking(&self, flags: u32) -> Result<()> {
         let mut a: uapi::iommu_hwpt_set_dirty_tracking = arg();
-        a.hwpt_id = self.id.raw();
-        if enable {
-            a.flags = uapi::IOMMU_HWPT_DIRTY_TRACKING_ENABLE;
-        }
-        self.fd
+        a.hwpt_id = self.id().raw();
+        a.flags = flags;
+        self.iommufd()
             .ioctl_plain(uapi::IOMMU_HWPT_SET_DIRTY_TRACKING, &mut a)
-            .map_err(|e| Error::from_errno("IOMMU_HWPT_SET_DIRTY_TRACKING", self.id, e.0))
+            .map_err(|e| Error::naming_object("IOMMU_HWPT_SET_DIRTY_TRACKING", self.id(), e.0))
     }
 
     /// Reads which `page_size` pages of `iova..iova + len` DMA has written since the
-    /// last read (`IOMMU_HWPT_GET_DIRTY_BITMAP`, Linux 6.7), and clears that state
-    /// unless `no_clear` (use `no_clear` when the range is unmapped next anyway).
+    /// last read (`IOMMU_HWPT_GET_DIRTY_BITMAP`, Linux 6.7), clearing that state
+    /// unless `flags` has [`DirtyReadFlags::NO_CLEAR`].
     ///
     /// `page_size` must be a power of two, and `iova` and `len` multiples of it and
     /// of the IOAS alignment; `page_size` may differ from the IOMMU's page size (the
     /// kernel converts). See [`DirtyBitmap::new`] for the checks made here.
     ///
+    /// Read mapped ranges only: over a range with an unmapped hole, Linux (7.3 and
+    /// earlier) reports success but only the pages before the hole.
+    ///
     /// ```no_run
-    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
-    /// # hwpt.set_dirty_tracking(true)?;
+    /// use iommufd::{DirtyReadFlags, Iova};
+    /// # fn f(hwpt: &iommufd::Hwpt) -> iommufd::Result<()> {
     /// // 1 GiB of guest memory at IOVA 0, in 4 KiB pages; reading clears the state.
-    /// let dirty = hwpt.get_dirty_bitmap(Iova(0), 1 << 30, 4096, false)?;
+    /// let dirty = hwpt.get_dirty_bitmap(Iova(0), 1 << 30, 4096, DirtyReadFlags::empty())?;
     /// assert_eq!(dirty.pages(), 1 << 18);
     /// for iova in dirty.dirty_iovas() {
     ///     println!("copy the page at {iova} again");
     /// }
-    /// # Ok::<(), iommufd::Error>(())
+    /// # Ok(()) }
     /// ```
     pub fn get_dirty_bitmap(
         &self,
         iova: Iova,
         len: u64,
         page_size: u64,
-        no_clear: bool,
+        flags: DirtyReadFlags,
     ) -> Result<DirtyBitmap> {
         let mut bitmap = DirtyBitmap::new(iova, len, page_size)?;
         let mut a: uapi::iommu_hwpt_get_dirty_bitmap = arg();
-        a.hwpt_id = self.id.raw();
-        if no_clear {
-            a.flags = uapi::IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR;
-        }
+        a.hwpt_id = self.id().raw();
+        a.flags = flags.bits();
         a.iova = iova.raw();
         a.length = len;
         a.page_size = page_size;
-        a.data = bitmap.words.as_mut_ptr() as u64;
-        // SAFETY: `data` points to `bitmap.words`, zeroed and long enough for one bit
-        // per page of `len` (`DirtyBitmap::new` sizes it so), exclusively borrowed
-        // here; the kernel writes only bits of pages in `iova..iova + len`.
-        unsafe { self.fd.ioctl(uapi::IOMMU_HWPT_GET_DIRTY_BITMAP, &mut a) }
-            .map_err(|e| Error::from_errno("IOMMU_HWPT_GET_DIRTY_BITMAP", self.id, e.0))?;
+        a.data = bitmap.words_mut().as_mut_ptr() as u64;
+        // SAFETY: `data` points to the bitmap's words, zeroed and long enough for one
+        // bit per page of `len` (`DirtyBitmap::new` sizes them so), exclusively
+        // borrowed here; the kernel writes only bits of pages in `iova..iova + len`.
+        unsafe {
+            self.iommufd()
+                .ioctl(uapi::IOMMU_HWPT_GET_DIRTY_BITMAP, &mut a)
+        }
+        .map_err(|e| Error::naming_object("IOMMU_HWPT_GET_DIRTY_BITMAP", self.id(), e.0))?;
         Ok(bitmap)
-    }
-
-    /// Destroys the HWPT now, returning the kernel's error (e.g. `EBUSY` while a
-    /// device is attached) instead of logging it.
-    ///
-    /// ```no_run
-    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
-    /// match hwpt.destroy() {
-    ///     Err(e) if e.errno() == Some(libc::EBUSY) => eprintln!("a device is still attached"),
-    ///     other => other?,
-    /// }
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn destroy(self) -> Result<()> {
-        let this = ManuallyDrop::new(self);
-        this.fd.destroy_id(this.id.raw(), this.id)
-    }
-
-    /// Gives up ownership: the HWPT stays in the kernel and its id is returned.
-    ///
-    /// ```no_run
-    /// # use iommufd::{DeviceId, Hwpt, HwptFlags, Iova};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let hwpt = Hwpt::alloc(&fd, DeviceId::from_raw(1), &ioas, HwptFlags::DIRTY_TRACKING)?;
-    /// let id = hwpt.into_id(); // stays until destroyed by id or the file closes
-    /// fd.destroy_raw(id.raw())?;
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn into_id(self) -> HwptId {
-        ManuallyDrop::new(self).id
     }
 }
 
 #[cfg(test)]
-impl<'fd> Hwpt<'fd> {
-    /// A handle for an id this file may not have, for error-path tests.
-    pub(crate) fn fake(fd: &'fd Iommufd, id: u32) -> Hwpt<'fd> {
-        Hwpt {
-            fd,
-            id: HwptId::from_raw(id),
-        }
-    }
-}
-
-impl Drop for Hwpt<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.fd.destroy_id(self.id.raw(), self.id) {
-            eprintln!("iommufd: dropping {}: {e}", self.id);
-        }
-    }
-}
-
-impl From<&Hwpt<'_>> for PtId {
-    fn from(hwpt: &Hwpt<'_>) -> PtId {
-        PtId::owned(false, hwpt.id.raw(), hwpt.fd.token())
-    }
-}
-
-/// The dirty state of a range of IOVA pages: bit `i` of `u64` word `w` is page
-/// `w * 64 + i`, the page at `iova + (w * 64 + i) * page_size` (the kernel's
-/// layout).
-///
-/// ```
-/// use iommufd::{DirtyBitmap, Iova};
-/// let mut bm = DirtyBitmap::new(Iova(0x10000), 0x10000, 0x1000)?;
-/// assert_eq!(bm.pages(), 16);
-/// bm.set(3);
-/// bm.set(15);
-/// assert!(bm.is_dirty(3));
-/// assert_eq!(bm.iter_dirty_pages().collect::<Vec<_>>(), [3, 15]);
-/// assert_eq!(bm.dirty_iovas().next(), Some(Iova(0x13000)));
-/// assert_eq!(bm.count_dirty(), 2);
-/// # Ok::<(), iommufd::Error>(())
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirtyBitmap {
-    iova: Iova,
-    page_size: u64,
-    pages: u64,
-    words: Vec<u64>,
-}
-
-impl DirtyBitmap {
-    /// The most pages one bitmap covers: 2^32 (512 MiB of bitmap; 16 TiB of IOVA at
-    /// 4 KiB pages). Larger ranges are harvested in pieces; the cap keeps a wrong
-    /// length or page size from committing gigabytes of memory.
-    ///
-    /// ```
-    /// use iommufd::{DirtyBitmap, Iova};
-    /// assert_eq!(DirtyBitmap::MAX_PAGES * 4096, 16 << 40);
-    /// // 32 TiB at 4 KiB pages is refused before any memory is allocated.
-    /// assert!(DirtyBitmap::new(Iova(0), 32 << 40, 4096).is_err());
-    /// ```
-    pub const MAX_PAGES: u64 = 1 << 32;
-
-    /// An all-clean bitmap for `len` bytes at `iova`, one bit per `page_size` page.
-    ///
-    /// Fails with [`Error::InvalidArgument`] unless `page_size` is a power of two,
-    /// `len` is a non-zero multiple of it, `iova` is aligned to it, the range does
-    /// not pass `u64::MAX`, it covers at most [`DirtyBitmap::MAX_PAGES`] pages, and
-    /// the bitmap can be allocated.
-    ///
-    /// ```
-    /// use iommufd::{DirtyBitmap, Error, Iova};
-    /// let bm = DirtyBitmap::new(Iova(0x20_0000), 2 << 20, 4096)?;
-    /// assert_eq!((bm.pages(), bm.count_dirty()), (512, 0));
-    /// let misaligned = DirtyBitmap::new(Iova(0x800), 4096, 4096);
-    /// assert!(matches!(misaligned, Err(Error::InvalidArgument { .. })));
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn new(iova: Iova, len: u64, page_size: u64) -> Result<DirtyBitmap> {
-        const OP: &str = "dirty bitmap";
-        let invalid = |reason| Error::InvalidArgument { op: OP, reason };
-        if !page_size.is_power_of_two() {
-            return Err(invalid("page size is not a power of two"));
-        }
-        if len == 0 || len % page_size != 0 {
-            return Err(invalid(
-                "length is not a non-zero multiple of the page size",
-            ));
-        }
-        if !iova.is_aligned(page_size) {
-            return Err(invalid("IOVA is not aligned to the page size"));
-        }
-        if iova.checked_add(len - 1).is_none() {
-            return Err(invalid("range passes the end of the IOVA space"));
-        }
-        let pages = len / page_size;
-        if pages > Self::MAX_PAGES {
-            return Err(invalid("bitmap too large: more than MAX_PAGES pages"));
-        }
-        let nwords =
-            usize::try_from(pages.div_ceil(64)).map_err(|_| invalid("bitmap too large"))?;
-        let mut words = Vec::new();
-        words
-            .try_reserve_exact(nwords)
-            .map_err(|_| invalid("bitmap too large to allocate"))?;
-        words.resize(nwords, 0);
-        Ok(DirtyBitmap {
-            iova,
-            page_size,
-            pages,
-            words,
-        })
-    }
-
-    /// A bitmap from words in the kernel's layout (e.g. saved earlier). Bits past
-    /// the last page are ignored; missing words count as clean.
-    ///
-    /// ```
-    /// use iommufd::{DirtyBitmap, Iova};
-    /// // Three pages: bit 3 lies past the end and is dropped.
-    /// let bm = DirtyBitmap::from_words(Iova(0), 3 * 4096, 4096, &[0b1101])?;
-    /// assert_eq!(bm.as_words(), [0b101]);
-    /// let len = bm.pages() * bm.page_size();
-    /// assert_eq!(DirtyBitmap::from_words(bm.iova(), len, bm.page_size(), bm.as_words())?, bm);
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn from_words(iova: Iova, len: u64, page_size: u64, words: &[u64]) -> Result<DirtyBitmap> {
-        let mut bm = DirtyBitmap::new(iova, len, page_size)?;
-        let n = bm.words.len().min(words.len());
-        bm.words[..n].copy_from_slice(&words[..n]);
-        bm.clear_tail();
-        Ok(bm)
-    }
-
-    fn clear_tail(&mut self) {
-        let rem = self.pages % 64;
-        if rem != 0 {
-            if let Some(last) = self.words.last_mut() {
-                *last &= (1u64 << rem) - 1;
-            }
-        }
-    }
-
-    /// The first IOVA covered.
-    ///
-    /// ```
-    /// # use iommufd::{DirtyBitmap, Iova};
-    /// assert_eq!(DirtyBitmap::new(Iova(0x4000), 0x4000, 0x1000)?.iova(), Iova(0x4000));
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn iova(&self) -> Iova {
-        self.iova
-    }
-
-    /// The bytes each bit stands for.
-    ///
-    /// ```
-    /// # use iommufd::{DirtyBitmap, Iova};
-    /// assert_eq!(DirtyBitmap::new(Iova(0), 4 << 20, 2 << 20)?.page_size(), 2 << 20);
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn page_size(&self) -> u64 {
-        self.page_size
-    }
-
-    /// The number of pages (bits) covered.
-    ///
-    /// ```
-    /// # use iommufd::{DirtyBitmap, Iova};
-    /// assert_eq!(DirtyBitmap::new(Iova(0), 1 << 30, 4096)?.pages(), 262_144);
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn pages(&self) -> u64 {
-        self.pages
-    }
-
-    /// The words, in the kernel's layout.
-    ///
-    /// ```
-    /// # use iommufd::{DirtyBitmap, Iova};
-    /// let mut bm = DirtyBitmap::new(Iova(0), 128 * 4096, 4096)?;
-    /// bm.set(0);
-    /// bm.set(65);
-    /// assert_eq!(bm.as_words(), [1, 1 << 1]);
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn as_words(&self) -> &[u64] {
-        &self.words
-    }
-
-    /// Whether page `page` (counted from [`iova`](DirtyBitmap::iova)) is dirty;
-    /// `false` past the end.
-    ///
-    /// ```
-    /// # use iommufd::{DirtyBitmap, Iova};
-    /// let bm = DirtyBitmap::from_words(Iova(0), 4 * 4096, 4096, &[0b0010])?;
-    /// assert!(bm.is_dirty(1));
-    /// assert!(!bm.is_dirty(0));
-    /// assert!(!bm.is_dirty(4)); // past the end
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn is_dirty(&self, page: u64) -> bool {
-        if page >= self.pages {
-            return false;
-        }
-        let Ok(w) = usize::try_from(page / 64) else {
-            return false;
-        };
-        self.words
-            .get(w)
-            .is_some_and(|word| word & (1 << (page % 64)) != 0)
-    }
-
-    /// Marks page `page` dirty; ignored past the end.
-    ///
-    /// ```
-    /// # use iommufd::{DirtyBitmap, Iova};
-    /// let mut bm = DirtyBitmap::new(Iova(0), 4 * 4096, 4096)?;
-    /// bm.set(2);
-    /// bm.set(4); // past the end: ignored
-    /// assert_eq!(bm.as_words(), [0b100]);
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn set(&mut self, page: u64) {
-        if page >= self.pages {
-            return;
-        }
-        let Ok(w) = usize::try_from(page / 64) else {
-            return;
-        };
-        if let Some(word) = self.words.get_mut(w) {
-            *word |= 1 << (page % 64);
-        }
-    }
-
-    /// The indices of the dirty pages, ascending.
-    ///
-    /// ```
-    /// # use iommufd::{DirtyBitmap, Iova};
-    /// let bm = DirtyBitmap::from_words(Iova(0), 130 * 4096, 4096, &[1 << 63, 0, 0b10])?;
-    /// assert_eq!(bm.iter_dirty_pages().collect::<Vec<_>>(), [63, 129]);
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn iter_dirty_pages(&self) -> impl Iterator<Item = u64> + '_ {
-        let pages = self.pages;
-        self.words
-            .iter()
-            .enumerate()
-            .flat_map(|(w, &word)| {
-                let base = w as u64 * 64;
-                BitIter(word).map(move |bit| base + u64::from(bit))
-            })
-            .take_while(move |&p| p < pages)
-    }
-
-    /// The IOVAs of the dirty pages, ascending.
-    ///
-    /// ```
-    /// # use iommufd::{DirtyBitmap, Iova};
-    /// let bm = DirtyBitmap::from_words(Iova(0x10_0000), 8 * 4096, 4096, &[0b1001])?;
-    /// let iovas: Vec<Iova> = bm.dirty_iovas().collect();
-    /// assert_eq!(iovas, [Iova(0x10_0000), Iova(0x10_3000)]);
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn dirty_iovas(&self) -> impl Iterator<Item = Iova> + '_ {
-        // `new` checked that the whole range fits below u64::MAX.
-        self.iter_dirty_pages()
-            .map(|p| Iova(self.iova.raw() + p * self.page_size))
-    }
-
-    /// The number of dirty pages.
-    ///
-    /// ```
-    /// # use iommufd::{DirtyBitmap, Iova};
-    /// let bm = DirtyBitmap::from_words(Iova(0), 64 * 4096, 4096, &[u64::MAX])?;
-    /// assert_eq!(bm.count_dirty(), 64);
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn count_dirty(&self) -> u64 {
-        self.iter_dirty_pages().count() as u64
-    }
-}
-
-/// The set bits of a word, lowest first.
-struct BitIter(u64);
-
-impl Iterator for BitIter {
-    type Item = u32;
-
-    fn next(&mut self) -> Option<u32> {
-        if self.0 == 0 {
-            return None;
-        }
-        let bit = self.0.trailing_zeros();
-        self.0 &= self.0 - 1;
-        Some(bit)
+impl Object<kind::Hwpt> {
+    /// A handle for an id this file may not have, on `ioas`, for error-path tests.
+    pub(crate) fn fake(ioas: &Ioas, id: u32) -> Hwpt {
+        Object::from_parts(
+            ioas.iommufd(),
+            id,
+            vec![ioas.as_parent()],
+            HwptState {
+                flags: HwptFlags::empty(),
+            },
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iommufd::tests::null;
 
     #[test]
     fn flags_match_the_kernel() {
         assert_eq!(HwptFlags::NEST_PARENT.bits(), 1);
         assert_eq!(HwptFlags::DIRTY_TRACKING.bits(), 2);
         assert_eq!(HwptFlags::PASID.bits(), 8);
-    }
-
-    #[test]
-    fn bitmap_layout_is_the_kernels() {
-        // 130 pages: three words, the last with two valid bits.
-        let mut bm = DirtyBitmap::new(Iova(0), 130 * 4096, 4096).expect("bitmap");
-        assert_eq!(bm.as_words().len(), 3);
-        for p in [0, 63, 64, 129, 130, 9999] {
-            bm.set(p);
-        }
-        assert_eq!(bm.as_words(), &[1 | 1 << 63, 1, 1 << 1]);
-        assert_eq!(bm.iter_dirty_pages().collect::<Vec<_>>(), [0, 63, 64, 129]);
-        assert!(!bm.is_dirty(130));
-        assert_eq!(bm.count_dirty(), 4);
-        let iovas: Vec<_> = bm.dirty_iovas().map(Iova::raw).collect();
-        assert_eq!(iovas, [0, 63 * 4096, 64 * 4096, 129 * 4096]);
-    }
-
-    #[test]
-    fn from_words_ignores_bits_past_the_end() {
-        let bm = DirtyBitmap::from_words(Iova(0x2000), 3 * 0x1000, 0x1000, &[u64::MAX, u64::MAX])
-            .expect("bitmap");
-        assert_eq!(bm.as_words(), &[0b111]);
-        assert_eq!(bm.iter_dirty_pages().collect::<Vec<_>>(), [0, 1, 2]);
-        let short = DirtyBitmap::from_words(Iova(0), 128 * 4096, 4096, &[]).expect("bitmap");
-        assert_eq!(short.count_dirty(), 0);
-    }
-
-    #[test]
-    fn invalid_geometry_is_refused() {
-        let bad = [
-            (0, 4096, 3000),               // page size not a power of two
-            (0, 4096, 0),                  // page size 0
-            (0, 0, 4096),                  // empty
-            (0, 6000, 4096),               // length not a multiple
-            (2048, 4096, 4096),            // misaligned
-            (u64::MAX - 4095, 8192, 4096), // overflow
-            (0, 1 << 63, 1),               // 2^63 bits: too large to allocate
-        ];
-        for (iova, len, ps) in bad {
-            let e = DirtyBitmap::new(Iova(iova), len, ps).unwrap_err();
-            assert!(
-                matches!(e, Error::InvalidArgument { .. }),
-                "{iova:#x} {len:#x} {ps}: {e}"
-            );
-        }
-        let top = DirtyBitmap::new(Iova(u64::MAX - 4095), 4096, 4096).expect("bitmap");
-        assert_eq!(top.pages(), 1);
-    }
-
-    #[test]
-    fn bit_iter_yields_set_bits() {
-        assert_eq!(BitIter(0).count(), 0);
-        assert_eq!(BitIter(0b1010_0001).collect::<Vec<_>>(), [0, 5, 7]);
-        assert_eq!(BitIter(u64::MAX).count(), 64);
+        assert_eq!(DirtyReadFlags::NO_CLEAR.bits(), 1);
     }
 
     // Every wrapper reaches the kernel (here /dev/null, which answers ENOTTY).
     #[test]
-    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
     fn wrappers_on_a_non_iommufd() {
-        let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
-        let other = Iommufd::open_path("/dev/null").expect("/dev/null");
-        let dev = DeviceId::from_raw(1);
-        let e = Hwpt::alloc(&fd, dev, crate::IoasId::from_raw(2), HwptFlags::empty()).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("IOMMU_HWPT_ALLOC on device 1 with ioas 2"),
-            "{e}"
-        );
-        let foreign = Hwpt {
-            fd: &other,
-            id: HwptId::from_raw(4),
-        };
-        let e = Hwpt::alloc(&fd, dev, &foreign, HwptFlags::NEST_PARENT).unwrap_err();
-        assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
-        assert_eq!(foreign.into_id(), HwptId::from_raw(4));
-
-        let hwpt = Hwpt::fake(&fd, 5);
-        assert_eq!(hwpt.id(), HwptId::from_raw(5));
-        assert_eq!(hwpt.iommufd().token(), fd.token());
-        assert!(format!("{hwpt:?}").contains("HwptId(5)"));
-        let e = hwpt.set_dirty_tracking(true).unwrap_err();
+        let fd = null();
+        let ioas = Ioas::fake(&fd, 4);
+        let hwpt = Hwpt::fake(&ioas, 5);
+        assert_eq!(hwpt.id().raw(), 5);
+        assert!(hwpt.iommufd().same_file(&fd));
+        assert_eq!(hwpt.flags(), HwptFlags::empty());
+        assert_eq!(ioas.handles(), 2, "the HWPT holds its IOAS");
+        let e = hwpt.enable_dirty_tracking().unwrap_err();
         assert!(
             e.to_string()
                 .contains("IOMMU_HWPT_SET_DIRTY_TRACKING on hwpt 5"),
             "{e}"
         );
+        assert!(hwpt.disable_dirty_tracking().unwrap_err().is_unsupported());
         let e = hwpt
-            .get_dirty_bitmap(Iova(0), 8192, 4096, true)
+            .get_dirty_bitmap(Iova(0), 8192, 4096, DirtyReadFlags::NO_CLEAR)
             .unwrap_err();
         assert!(e.is_unsupported(), "{e}");
-        let e = hwpt.get_dirty_bitmap(Iova(0), 8192, 3, false).unwrap_err();
+        let e = hwpt
+            .get_dirty_bitmap(Iova(0), 8192, 3, DirtyReadFlags::empty())
+            .unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
-        assert!(hwpt.destroy().unwrap_err().is_unsupported());
-        // Dropping one whose DESTROY fails only logs.
-        drop(Hwpt::fake(&fd, 6));
-    }
-
-    #[test]
-    fn accessors() {
-        let bm = DirtyBitmap::new(Iova(0x4000), 0x4000, 0x1000).expect("bitmap");
-        assert_eq!(
-            (bm.iova(), bm.page_size(), bm.pages()),
-            (Iova(0x4000), 0x1000, 4)
-        );
-    }
-
-    // Seeds of the `dirty_bitmap` fuzz target (its layout is documented in
-    // fuzz/fuzz_targets/dirty_bitmap.rs): a mode byte, IOVA, two geometry fields,
-    // then the words, all little endian. Structured geometry (mode bit 0 clear)
-    // is a page count - 1 and a page shift; raw geometry is a length and a page
-    // size.
-    #[test]
-    fn dirty_bitmap_fuzz_seeds() {
-        struct Seed {
-            name: &'static str,
-            raw: bool,
-            iova: u64,
-            len: u64,
-            page_size: u64,
-            words: &'static [u64],
-            dirty: Option<&'static [u64]>,
-        }
-        let seeds = [
-            Seed {
-                name: "16_pages",
-                raw: false,
-                iova: 0x10000,
-                len: 0x10000,
-                page_size: 0x1000,
-                words: &[1 << 3 | 1 << 15],
-                dirty: Some(&[3, 15]),
-            },
-            Seed {
-                name: "130_pages_tail",
-                raw: false,
-                iova: 0,
-                len: 130 * 4096,
-                page_size: 4096,
-                words: &[1 | 1 << 63, 1, u64::MAX],
-                dirty: Some(&[0, 63, 64, 128, 129]),
-            },
-            Seed {
-                name: "2m_pages_missing_words",
-                raw: false,
-                iova: 0x4000_0000,
-                len: 512 << 21,
-                page_size: 1 << 21,
-                words: &[0xaaaa_aaaa_aaaa_aaaa, 0, 0x8000_0000_0000_0000],
-                dirty: Some(&[
-                    1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41,
-                    43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63, 191,
-                ]),
-            },
-            Seed {
-                name: "top_page",
-                raw: true,
-                iova: u64::MAX - 4095,
-                len: 4096,
-                page_size: 4096,
-                words: &[1],
-                dirty: Some(&[0]),
-            },
-            Seed {
-                name: "misaligned",
-                raw: true,
-                iova: 2048,
-                len: 4096,
-                page_size: 4096,
-                words: &[1],
-                dirty: None,
-            },
-            Seed {
-                name: "page_size_3000",
-                raw: true,
-                iova: 0,
-                len: 6000,
-                page_size: 3000,
-                words: &[],
-                dirty: None,
-            },
-        ];
-        let mut inputs = Vec::new();
-        for s in &seeds {
-            let got = DirtyBitmap::from_words(Iova(s.iova), s.len, s.page_size, s.words)
-                .ok()
-                .map(|bm| bm.iter_dirty_pages().collect::<Vec<_>>());
-            assert_eq!(got.as_deref(), s.dirty, "{}", s.name);
-            let (f1, f2) = if s.raw {
-                (s.len, s.page_size)
-            } else {
-                (
-                    s.len / s.page_size - 1,
-                    u64::from(s.page_size.trailing_zeros()),
-                )
-            };
-            let mut v = vec![u8::from(s.raw)];
-            for x in [s.iova, f1, f2].iter().chain(s.words) {
-                v.extend_from_slice(&x.to_le_bytes());
-            }
-            inputs.push((s.name, v));
-        }
-        crate::fuzz_seeds::write_fuzz_seeds("dirty_bitmap", &inputs);
+        let r = hwpt.destroy().unwrap_err();
+        assert!(r.error.is_unsupported());
+        let _ = (r.object.into_id(), ioas.into_id());
     }
 }

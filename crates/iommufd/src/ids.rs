@@ -1,161 +1,160 @@
 //! Typed object ids.
 //!
 //! The kernel names every object of one `/dev/iommu` file by a `u32` from a single
-//! namespace. Each kind of object gets its own type here so that an IOAS id cannot be
-//! passed where a device id is expected.
+//! namespace, numbered from 1 in every file. An [`Id`] says which kind of object it
+//! names (so an IOAS id cannot be passed where a device id is expected) and which
+//! file it belongs to (so it cannot be used with another file, where the same number
+//! names something else).
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
 
-macro_rules! object_id {
-    ($(#[$doc:meta])* $name:ident, $label:literal) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(u32);
+/// The kinds of kernel objects, as type parameters of [`Id`] and
+/// [`Object`](crate::Object).
+pub mod kind {
+    pub(crate) mod sealed {
+        pub trait Sealed {}
+    }
 
-        impl $name {
-            /// Wraps a raw id, e.g. one received from another process or layer.
-            ///
-            /// ```
-            #[doc = concat!("let id = iommufd::", stringify!($name), "::from_raw(7);")]
-            #[doc = concat!("assert_eq!(id.to_string(), \"", $label, " 7\");")]
-            /// ```
-            pub const fn from_raw(id: u32) -> Self {
-                Self(id)
+    /// A kind of object named by an [`Id`](crate::Id). Sealed: the kinds are the
+    /// kernel's.
+    pub trait Kind: sealed::Sealed + Send + Sync + 'static {
+        /// How ids of this kind are named in messages (`"ioas"`, `"hwpt"`, ...).
+        const NAME: &'static str;
+    }
+
+    macro_rules! kinds {
+        ($($(#[$doc:meta])* $name:ident = $label:literal;)*) => {$(
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub enum $name {}
+            impl sealed::Sealed for $name {}
+            impl Kind for $name {
+                const NAME: &'static str = $label;
             }
+        )*};
+    }
 
-            /// The raw id the kernel uses.
-            ///
-            /// ```
-            #[doc = concat!("let id = iommufd::", stringify!($name), "::from_raw(7);")]
-            /// assert_eq!(id.raw(), 7);
-            /// ```
-            pub const fn raw(self) -> u32 {
-                self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!($label, " {}"), self.0)
-            }
-        }
-    };
+    kinds! {
+        /// An I/O address space ([`Ioas`](crate::Ioas)).
+        Ioas = "ioas";
+        /// A hardware page table ([`Hwpt`](crate::Hwpt)), including the ones the
+        /// kernel creates when a device is attached to an IOAS.
+        Hwpt = "hwpt";
+        /// A device bound to the file ([`Device`](crate::Device)).
+        Device = "device";
+        /// A mock device of the kernel's selftest (`IOMMU_TEST_OP_MOCK_DOMAIN`).
+        MockDevice = "selftest device";
+    }
 }
 
-object_id! {
-    /// The id of an I/O address space ([`Ioas`](crate::Ioas)).
-    ///
-    /// ```
-    /// use iommufd::IoasId;
-    /// assert_eq!(IoasId::from_raw(3).to_string(), "ioas 3");
-    /// ```
-    IoasId, "ioas"
-}
+use kind::Kind;
 
-object_id! {
-    /// The id of a hardware page table ([`Hwpt`](crate::Hwpt)), including the ones
-    /// the kernel creates when a device is attached to an IOAS.
-    ///
-    /// ```
-    /// use iommufd::HwptId;
-    /// assert_eq!(HwptId::from_raw(5).raw(), 5);
-    /// ```
-    HwptId, "hwpt"
-}
-
-object_id! {
-    /// The id of a device bound to the iommufd, e.g. the `out_devid` of
-    /// `VFIO_DEVICE_BIND_IOMMUFD` or the `idev_id` of a selftest mock device.
-    ///
-    /// ```
-    /// use iommufd::DeviceId;
-    /// assert_eq!(DeviceId::from_raw(2).to_string(), "device 2");
-    /// ```
-    DeviceId, "device"
-}
-
-/// A page-table target for [`Hwpt::alloc`](crate::Hwpt::alloc) and device attach: an
-/// IOAS or a HWPT.
+/// The id of a kernel object of kind `K` in one `/dev/iommu` file.
 ///
-/// Built from an object (`&Ioas`, `&Hwpt`), it remembers which `/dev/iommu` file the
-/// object belongs to, and using it with another file is refused with
-/// [`Error::WrongIommufd`](crate::Error::WrongIommufd). Built from a bare id it is
-/// taken on trust.
+/// Ids come from objects ([`Object::id`](crate::Object::id),
+/// [`Device::id`](crate::Device::id)) and from the kernel's answers (the HWPT a device
+/// was attached to); they cannot be made up from a number, so an id is always one
+/// this file handed out. Two ids are equal only if they name the same object of the
+/// same file. [`Id::raw`] is the kernel's number, for messages and for other layers.
 ///
+/// ```no_run
+/// use iommufd::{Ioas, IoasId, Iommufd};
+/// let fd = Iommufd::open()?;
+/// let ioas = Ioas::alloc(&fd)?;
+/// let id: IoasId = ioas.id();
+/// assert_eq!(id.to_string(), format!("ioas {}", id.raw()));
+/// // The same number in another file is another id.
+/// let other = Ioas::alloc(&Iommufd::open()?)?;
+/// assert_eq!(other.id().raw(), id.raw()); // both files number from 1
+/// assert_ne!(other.id(), id);
+/// # Ok::<(), iommufd::Error>(())
 /// ```
-/// use iommufd::{IoasId, PtId};
-/// let pt = PtId::from(IoasId::from_raw(1));
-/// assert_eq!(pt.raw(), 1);
-/// assert_eq!(pt.to_string(), "ioas 1");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PtId {
-    kind: PtKind,
-    id: u32,
-    owner: Option<u64>,
+pub struct Id<K: Kind> {
+    raw: u32,
+    owner: u64,
+    kind: PhantomData<fn() -> K>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum PtKind {
-    Ioas,
-    Hwpt,
-}
+/// The id of an I/O address space.
+pub type IoasId = Id<kind::Ioas>;
+/// The id of a hardware page table.
+pub type HwptId = Id<kind::Hwpt>;
+/// The id of a bound device.
+pub type DeviceId = Id<kind::Device>;
 
-impl PtId {
-    pub(crate) fn owned(kind_ioas: bool, id: u32, owner: u64) -> PtId {
-        PtId {
-            kind: if kind_ioas {
-                PtKind::Ioas
-            } else {
-                PtKind::Hwpt
-            },
-            id,
-            owner: Some(owner),
+impl<K: Kind> Id<K> {
+    pub(crate) const fn new(raw: u32, owner: u64) -> Self {
+        Id {
+            raw,
+            owner,
+            kind: PhantomData,
         }
     }
 
-    /// The raw id the kernel uses, whether it names an IOAS or a HWPT.
+    /// The number the kernel uses.
     ///
-    /// ```
-    /// use iommufd::{HwptId, PtId};
-    /// assert_eq!(PtId::from(HwptId::from_raw(9)).raw(), 9);
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// let ioas = iommufd::Ioas::alloc(&fd)?;
+    /// assert!(ioas.id().raw() > 0);
+    /// # Ok::<(), iommufd::Error>(())
     /// ```
     pub const fn raw(self) -> u32 {
-        self.id
+        self.raw
     }
 
-    /// The token of the [`Iommufd`](crate::Iommufd) the object belongs to, if known.
-    pub(crate) fn owner(self) -> Option<u64> {
+    /// The token of the [`Iommufd`](crate::Iommufd) the id belongs to.
+    pub(crate) const fn owner(self) -> u64 {
         self.owner
     }
 }
 
-impl fmt::Display for PtId {
+impl<K: Kind> Clone for Id<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K: Kind> Copy for Id<K> {}
+
+impl<K: Kind> PartialEq for Id<K> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.raw, self.owner) == (other.raw, other.owner)
+    }
+}
+
+impl<K: Kind> Eq for Id<K> {}
+
+impl<K: Kind> PartialOrd for Id<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<K: Kind> Ord for Id<K> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.owner, self.raw).cmp(&(other.owner, other.raw))
+    }
+}
+
+impl<K: Kind> Hash for Id<K> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.raw, self.owner).hash(state);
+    }
+}
+
+impl<K: Kind> fmt::Display for Id<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            PtKind::Ioas => write!(f, "ioas {}", self.id),
-            PtKind::Hwpt => write!(f, "hwpt {}", self.id),
-        }
+        write!(f, "{} {}", K::NAME, self.raw)
     }
 }
 
-impl From<IoasId> for PtId {
-    fn from(id: IoasId) -> PtId {
-        PtId {
-            kind: PtKind::Ioas,
-            id: id.raw(),
-            owner: None,
-        }
-    }
-}
-
-impl From<HwptId> for PtId {
-    fn from(id: HwptId) -> PtId {
-        PtId {
-            kind: PtKind::Hwpt,
-            id: id.raw(),
-            owner: None,
-        }
+impl<K: Kind> fmt::Debug for Id<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Id({} {})", K::NAME, self.raw)
     }
 }
 
@@ -165,16 +164,25 @@ mod tests {
 
     #[test]
     fn display_names_the_kind() {
-        assert_eq!(IoasId::from_raw(1).to_string(), "ioas 1");
-        assert_eq!(HwptId::from_raw(2).to_string(), "hwpt 2");
-        assert_eq!(DeviceId::from_raw(3).to_string(), "device 3");
-        assert_eq!(PtId::from(HwptId::from_raw(4)).to_string(), "hwpt 4");
-        assert_eq!(PtId::owned(true, 5, 9).to_string(), "ioas 5");
+        assert_eq!(IoasId::new(1, 7).to_string(), "ioas 1");
+        assert_eq!(HwptId::new(2, 7).to_string(), "hwpt 2");
+        assert_eq!(DeviceId::new(3, 7).to_string(), "device 3");
+        assert_eq!(format!("{:?}", HwptId::new(4, 7)), "Id(hwpt 4)");
+        assert_eq!(
+            Id::<kind::MockDevice>::new(5, 1).to_string(),
+            "selftest device 5"
+        );
     }
 
     #[test]
-    fn bare_ids_have_no_owner() {
-        assert_eq!(PtId::from(IoasId::from_raw(1)).owner(), None);
-        assert_eq!(PtId::owned(false, 1, 7).owner(), Some(7));
+    fn ids_of_two_files_differ() {
+        let (a, b) = (IoasId::new(1, 7), IoasId::new(1, 8));
+        assert_ne!(a, b);
+        assert_eq!(a, a.clone());
+        assert_eq!(a.raw(), b.raw());
+        assert!(a < b && IoasId::new(2, 7) < b);
+        let set: std::collections::HashSet<_> = [a, b, a].into_iter().collect();
+        assert_eq!(set.len(), 2);
+        assert_eq!(a.owner(), 7);
     }
 }

@@ -1,168 +1,284 @@
 //! Device labels: the caller's names for bound devices.
 //!
-//! The kernel names a device by the small `dev_id` it hands out at bind time; a VMM
-//! knows the device by its own handle (a slot, a guest BDF, an index in its device
-//! table). The 2021 /dev/ioasid design let user space attach such a cookie at bind;
-//! the merged interface did not keep it, so the library keeps the map instead: a
-//! binding layer (iommufd-vfio) records the label when it binds, and whatever the
-//! library later decodes that names a device by `dev_id` (hardware info today; fault
-//! and event records as they arrive) carries the label too. Callers can also name a
-//! device by its label ([`Iommufd::device_by_label`]).
+//! The kernel names a device by the small `dev_id` it hands out at bind time, and
+//! reuses it once the device is unbound; a VMM knows the device by its own handle (a
+//! slot, a guest BDF, an index in its device table). The 2021 /dev/ioasid design let
+//! user space attach such a cookie at bind; the merged interface did not keep it. So
+//! the label belongs to the [`Device`](crate::Device) object: the binding layer
+//! reserves it before it binds ([`LabelReservation`]), the device holds it while it
+//! is bound and gives it up just before it unbinds. This per-file map from `dev_id`
+//! to label is what layers that decode kernel records (hardware information today,
+//! faults and events next) use to name the device by its label; it never holds an
+//! entry for a `dev_id` that is not bound through a live `Device`.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::{DeviceId, Error, Iommufd, PtId, Result};
+use crate::{DeviceId, Error, Iommufd, Result};
 
-/// The label map of one `Iommufd`: dev_id -> label, kept one-to-one.
+/// One label's slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Reserved for a bind in progress.
+    Reserved,
+    /// Held by a bound device.
+    Bound(u32),
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    by_label: HashMap<u64, Slot>,
+    by_device: HashMap<u32, u64>,
+}
+
+/// The label map of one `Iommufd`, kept one-to-one.
 #[derive(Debug, Default)]
 pub(crate) struct Labels {
-    by_device: Mutex<BTreeMap<u32, u64>>,
+    maps: Mutex<Maps>,
 }
 
 impl Labels {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<u32, u64>> {
-        // A panic while holding the lock cannot leave the map half-updated (every
-        // update is one insert or remove), so a poisoned lock is still usable.
-        self.by_device.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Maps> {
+        // Every update below leaves both maps consistent before it can panic (it
+        // cannot), so a poisoned lock still guards consistent data.
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves `label`; if it is taken, says by which bound device (`None`: by a
+    /// reservation).
+    fn reserve(&self, label: u64) -> std::result::Result<(), Option<u32>> {
+        let mut m = self.lock();
+        match m.by_label.get(&label) {
+            None => {
+                m.by_label.insert(label, Slot::Reserved);
+                Ok(())
+            }
+            Some(Slot::Bound(dev)) => Err(Some(*dev)),
+            Some(Slot::Reserved) => Err(None),
+        }
+    }
+
+    /// Turns the reservation of `label` into the label of `dev`. A stale entry for
+    /// `dev` (impossible while devices unregister before they unbind) is replaced.
+    fn commit(&self, label: u64, dev: u32) {
+        let mut m = self.lock();
+        if let Some(old) = m.by_device.insert(dev, label) {
+            if old != label {
+                m.by_label.remove(&old);
+            }
+        }
+        m.by_label.insert(label, Slot::Bound(dev));
+    }
+
+    fn release(&self, label: u64) {
+        let mut m = self.lock();
+        if let Some(Slot::Bound(dev)) = m.by_label.remove(&label) {
+            m.by_device.remove(&dev);
+        }
+    }
+
+    pub(crate) fn label_of(&self, dev: u32) -> Option<u64> {
+        self.lock().by_device.get(&dev).copied()
+    }
+
+    pub(crate) fn device_by_label(&self, label: u64) -> Option<u32> {
+        match self.lock().by_label.get(&label) {
+            Some(Slot::Bound(dev)) => Some(*dev),
+            _ => None,
+        }
+    }
+}
+
+/// A label reserved in one [`Iommufd`] for a device about to be bound.
+///
+/// Binding layers reserve the label first, so a label clash is reported before the
+/// device is bound, then pass the reservation to [`Device::new`](crate::Device::new)
+/// once the kernel has given the device its id. Dropping an unused reservation frees
+/// the label.
+///
+/// ```no_run
+/// use iommufd::{Error, Iommufd};
+/// let fd = Iommufd::open()?;
+/// let first = fd.reserve_label(0x20)?;
+/// assert!(matches!(fd.reserve_label(0x20), Err(Error::LabelInUse { label: 0x20, .. })));
+/// drop(first);
+/// fd.reserve_label(0x20)?;
+/// # Ok::<(), iommufd::Error>(())
+/// ```
+#[must_use = "a reservation is freed when dropped"]
+pub struct LabelReservation {
+    fd: Iommufd,
+    label: u64,
+    committed: bool,
+}
+
+impl fmt::Debug for LabelReservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LabelReservation")
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+impl LabelReservation {
+    /// The label.
+    ///
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// assert_eq!(fd.reserve_label(7)?.label(), 7);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
+    pub fn label(&self) -> u64 {
+        self.label
+    }
+
+    /// The file the label is reserved in.
+    ///
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// assert!(fd.reserve_label(7)?.iommufd().same_file(&fd));
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
+    pub fn iommufd(&self) -> &Iommufd {
+        &self.fd
+    }
+
+    /// Binds the label to `dev` (the device's kernel id), for as long as the returned
+    /// guard lives.
+    pub(crate) fn commit(mut self, dev: u32) -> LabelGuard {
+        self.fd.labels().commit(self.label, dev);
+        self.committed = true;
+        LabelGuard {
+            fd: self.fd.clone(),
+            label: self.label,
+        }
+    }
+}
+
+impl Drop for LabelReservation {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.fd.labels().release(self.label);
+        }
+    }
+}
+
+/// The label of a bound device; dropping it removes the label from the file's map.
+#[derive(Debug)]
+pub(crate) struct LabelGuard {
+    fd: Iommufd,
+    label: u64,
+}
+
+impl LabelGuard {
+    pub(crate) fn label(&self) -> u64 {
+        self.label
+    }
+}
+
+impl Drop for LabelGuard {
+    fn drop(&mut self) {
+        self.fd.labels().release(self.label);
     }
 }
 
 impl Iommufd {
-    /// Gives the device `dev` the label `label`, replacing any label it had.
+    /// Reserves `label` for a device about to be bound to this file: see
+    /// [`LabelReservation`]. Fails with [`Error::LabelInUse`] if a bound device has
+    /// it or another bind reserved it. Labels are per file: two files may use the
+    /// same label.
     ///
-    /// Binding layers call this at bind time (iommufd-vfio's `VfioDevice::bind` does);
-    /// call it directly for devices bound some other way, e.g. the kernel's mock
-    /// devices. Labels are unique within one `Iommufd`: a label another device has
-    /// fails with [`Error::LabelInUse`].
-    ///
-    /// ```
-    /// # fn f(fd: &iommufd::Iommufd) -> iommufd::Result<()> {
-    /// use iommufd::DeviceId;
-    /// let dev = DeviceId::from_raw(3);
-    /// fd.set_label(dev, 0x1_0008)?;
-    /// assert_eq!(fd.label_of(dev), Some(0x1_0008));
-    /// assert_eq!(fd.device_by_label(0x1_0008), Some(dev));
-    /// # Ok(()) }
-    /// # let null = std::fs::File::open("/dev/null").unwrap();
-    /// # f(&iommufd::Iommufd::from_owned_fd(null.into())).unwrap();
-    /// ```
-    pub fn set_label(&self, dev: DeviceId, label: u64) -> Result<()> {
-        let mut map = self.labels().lock();
-        if let Some((&other, _)) = map.iter().find(|(d, l)| **l == label && **d != dev.raw()) {
-            return Err(Error::LabelInUse {
-                label,
-                device: DeviceId::from_raw(other),
-            });
-        }
-        map.insert(dev.raw(), label);
-        Ok(())
-    }
-
-    /// Forgets the label of `dev` (binding layers do this when the device goes), and
-    /// returns it.
-    ///
-    /// ```
-    /// # let fd = iommufd::Iommufd::open_path("/dev/null")?; // labels never reach the kernel
-    /// use iommufd::DeviceId;
-    /// let dev = DeviceId::from_raw(3);
-    /// fd.set_label(dev, 0x10)?;
-    /// assert_eq!(fd.clear_label(dev), Some(0x10));
-    /// assert_eq!(fd.clear_label(dev), None);
-    /// assert_eq!(fd.device_by_label(0x10), None);
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// let r = fd.reserve_label(0x0004)?; // e.g. the guest BDF 00:00.4
+    /// // ... bind the device (VFIO_DEVICE_BIND_IOMMUFD), then Device::new(r, ...) ...
     /// # Ok::<(), iommufd::Error>(())
     /// ```
-    pub fn clear_label(&self, dev: DeviceId) -> Option<u64> {
-        self.labels().lock().remove(&dev.raw())
-    }
-
-    /// The label of `dev`, if it has one.
-    ///
-    /// ```
-    /// # let fd = iommufd::Iommufd::open_path("/dev/null")?; // labels never reach the kernel
-    /// use iommufd::DeviceId;
-    /// assert_eq!(fd.label_of(DeviceId::from_raw(1)), None);
-    /// fd.set_label(DeviceId::from_raw(1), 0x0004)?;
-    /// assert_eq!(fd.label_of(DeviceId::from_raw(1)), Some(0x0004));
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn label_of(&self, dev: DeviceId) -> Option<u64> {
-        self.labels().lock().get(&dev.raw()).copied()
-    }
-
-    /// The device that has `label`, if any.
-    ///
-    /// ```
-    /// # let fd = iommufd::Iommufd::open_path("/dev/null")?; // labels never reach the kernel
-    /// use iommufd::DeviceId;
-    /// // Labels as a VMM's guest BDFs: 00:04.0 and 00:05.0.
-    /// fd.set_label(DeviceId::from_raw(1), 0x20)?;
-    /// fd.set_label(DeviceId::from_raw(2), 0x28)?;
-    /// assert_eq!(fd.device_by_label(0x28), Some(DeviceId::from_raw(2)));
-    /// assert_eq!(fd.device_by_label(0x30), None);
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn device_by_label(&self, label: u64) -> Option<DeviceId> {
+    pub fn reserve_label(&self, label: u64) -> Result<LabelReservation> {
         self.labels()
-            .lock()
-            .iter()
-            .find(|(_, l)| **l == label)
-            .map(|(d, _)| DeviceId::from_raw(*d))
-    }
-
-    /// Checks that a page-table target built from an object ([`PtId`] from `&Ioas` or
-    /// `&Hwpt`) belongs to this file, for layers that issue their own commands with
-    /// it (device attach). Bare ids are taken on trust.
-    ///
-    /// ```
-    /// # let null = || iommufd::Iommufd::from_owned_fd(std::fs::File::open("/dev/null").unwrap().into());
-    /// use iommufd::{IoasId, PtId};
-    /// let fd = null();
-    /// assert!(fd.check_pt("attach", PtId::from(IoasId::from_raw(1))).is_ok());
-    /// ```
-    pub fn check_pt(&self, op: &'static str, pt: PtId) -> Result<()> {
-        self.check_owner(op, pt.owner(), pt)
+            .reserve(label)
+            .map_err(|dev| Error::LabelInUse {
+                label,
+                device: dev.map(|d| DeviceId::new(d, self.token())),
+            })?;
+        Ok(LabelReservation {
+            fd: self.clone(),
+            label,
+            committed: false,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::{DeviceId, Error, Iommufd};
-
-    fn null_fd() -> Iommufd {
-        Iommufd::from_owned_fd(std::fs::File::open("/dev/null").unwrap().into())
-    }
+    use super::*;
+    use crate::iommufd::tests::null;
 
     #[test]
-    fn labels_are_one_to_one() {
-        let fd = null_fd();
-        let (a, b) = (DeviceId::from_raw(1), DeviceId::from_raw(2));
-        fd.set_label(a, 10).unwrap();
-        fd.set_label(b, 20).unwrap();
-        let err = fd.set_label(b, 10).unwrap_err();
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn labels_are_one_to_one_and_released() {
+        let fd = null();
+        let a = fd.reserve_label(10).unwrap();
+        let e = fd.reserve_label(10).unwrap_err();
         assert!(
-            matches!(err, Error::LabelInUse { label: 10, device } if device == a),
-            "{err}"
+            matches!(
+                e,
+                Error::LabelInUse {
+                    label: 10,
+                    device: None
+                }
+            ),
+            "{e}"
         );
-        assert_eq!(
-            fd.label_of(b),
-            Some(20),
-            "a refused relabel keeps the old label"
+        let ga = a.commit(1);
+        assert_eq!(ga.label(), 10);
+        assert_eq!(fd.labels().label_of(1), Some(10));
+        assert_eq!(fd.labels().device_by_label(10), Some(1));
+        let e = fd.reserve_label(10).unwrap_err();
+        assert!(
+            matches!(e, Error::LabelInUse { label: 10, device: Some(d) } if d.raw() == 1),
+            "{e}"
         );
-        fd.set_label(a, 11).unwrap();
-        assert_eq!(fd.device_by_label(10), None);
-        assert_eq!(fd.device_by_label(11), Some(a));
-        assert_eq!(fd.clear_label(a), Some(11));
-        assert_eq!(fd.label_of(a), None);
-        fd.set_label(b, 11).unwrap();
-        assert_eq!(fd.device_by_label(11), Some(b));
+        assert!(e.to_string().contains("device 1"), "{e}");
+        let b = fd.reserve_label(20).unwrap();
+        assert_eq!(b.label(), 20);
+        assert!(b.iommufd().same_file(&fd));
+        assert!(format!("{b:?}").contains("20"));
+        assert_eq!(fd.labels().device_by_label(20), None, "reserved, not bound");
+        drop(b);
+        let gb = fd.reserve_label(20).unwrap().commit(2);
+        drop(ga);
+        assert_eq!(fd.labels().label_of(1), None);
+        assert_eq!(fd.labels().device_by_label(10), None);
+        // The kernel reuses dev_id 1: a new device gets its own label.
+        let gc = fd.reserve_label(11).unwrap().commit(1);
+        assert_eq!(fd.labels().label_of(1), Some(11));
+        drop((gb, gc));
+        assert_eq!(fd.labels().label_of(2), None);
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
     fn labels_belong_to_one_file() {
-        let (x, y) = (null_fd(), null_fd());
-        x.set_label(DeviceId::from_raw(1), 5).unwrap();
-        assert_eq!(y.label_of(DeviceId::from_raw(1)), None);
-        y.set_label(DeviceId::from_raw(1), 5).unwrap();
+        let (x, y) = (null(), null());
+        let _gx = x.reserve_label(5).unwrap().commit(1);
+        assert_eq!(y.labels().label_of(1), None);
+        let _gy = y.reserve_label(5).unwrap().commit(1);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn a_stale_entry_for_a_device_is_replaced() {
+        let fd = null();
+        let labels = fd.labels();
+        labels.reserve(1).unwrap();
+        labels.commit(1, 9);
+        labels.reserve(2).unwrap();
+        labels.commit(2, 9);
+        assert_eq!(labels.label_of(9), Some(2));
+        assert_eq!(labels.device_by_label(1), None);
+        labels.release(1); // nothing left under 1: a no-op
+        assert_eq!(labels.label_of(9), Some(2));
     }
 }

@@ -6,6 +6,10 @@
 //! pages are pinned the expected number of times. Everything here fails with
 //! [`Error::Unsupported`] (`ENOTTY`) on other kernels.
 //!
+//! A [`MockDevice`] is a [`Device`] like any other: it has a label, can be given to
+//! [`Hwpt::alloc`], and is attached, replaced and PASID-attached through the same
+//! calls as a VFIO device, so code written against [`Device`] can be tested on it.
+//!
 //! The interface follows `drivers/iommu/iommufd/iommufd_test.h` of the kernel the
 //! bindings were generated from; it is not a stable ABI.
 //!
@@ -17,105 +21,60 @@
 //! [`HW_INFO_SELFTEST_REGVAL`].
 //!
 //! ```no_run
-//! use iommufd::{Iommufd, MapFlags, MmapRegion};
-//! use iommufd::selftest::{MockDomain, MOCK_APERTURE_START};
+//! use iommufd::selftest::{MockDevice, MockDeviceFlags, MOCK_APERTURE_START};
+//! use iommufd::{Ioas, Iommufd, MapFlags};
+//! use vm_memory::MmapRegion;
 //!
 //! let fd = Iommufd::open()?;
-//! let ioas = fd.alloc_ioas()?;
-//! let mock = MockDomain::new(&ioas)?; // a mock device attached to the IOAS
-//! let m = ioas.map_owned(MmapRegion::new(8192)?, None, MapFlags::RW)?;
-//! mock.check_map(m.iova(), m.region().as_ptr(), 8192)?; // the kernel checks its page table
+//! let ioas = Ioas::alloc(&fd)?;
+//! let mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 0x10)?; // attached to the IOAS
+//! let m = ioas.map(MmapRegion::<()>::new(8192)?, None, MapFlags::RW)?;
+//! mock.check_map(m.iova(), m.memory().as_ptr(), 8192)?; // the kernel checks its page table
 //! assert!(m.iova().raw() >= MOCK_APERTURE_START);
-//! # Ok::<(), iommufd::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::fmt;
-use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bitflags::bitflags;
 use iommufd_uapi as uapi;
 use uapi::selftest as st;
 
+use crate::ids::kind;
 use crate::sys::arg;
-use crate::{DeviceId, DirtyBitmap, Error, Hwpt, HwptId, Ioas, Iommufd, Iova, PtId, Result};
+use crate::{
+    Binding, Device, DirtyBitmap, Error, Hwpt, HwptId, Id, Ioas, Iommufd, Iova, PageTable, Result,
+};
 
 /// The first IOVA a mock domain can map.
-///
-/// ```
-/// use iommufd::selftest::{MOCK_APERTURE_LAST, MOCK_APERTURE_START};
-/// use iommufd::{Iova, IovaRange};
-/// let aperture = IovaRange::new(Iova(MOCK_APERTURE_START), Iova(MOCK_APERTURE_LAST)).unwrap();
-/// assert_eq!(aperture.start(), Iova(16 << 20));
-/// ```
 pub const MOCK_APERTURE_START: u64 = st::MOCK_APERTURE_START as u64;
 /// The last IOVA a mock domain can map.
-///
-/// ```
-/// use iommufd::selftest::{MOCK_APERTURE_LAST, MOCK_APERTURE_START};
-/// assert_eq!(MOCK_APERTURE_LAST - MOCK_APERTURE_START + 1, 2032 << 20);
-/// ```
 pub const MOCK_APERTURE_LAST: u64 = st::MOCK_APERTURE_LAST as u64;
 /// The page size of the mock IOMMU (2 KiB).
-///
-/// ```
-/// use iommufd::selftest::{MOCK_APERTURE_START, MOCK_PAGE_SIZE};
-/// use iommufd::{DirtyBitmap, Iova};
-/// // A dirty bitmap at the mock IOMMU's granularity: 4 KiB is two mock pages.
-/// let bm = DirtyBitmap::new(Iova(MOCK_APERTURE_START), 4096, MOCK_PAGE_SIZE)?;
-/// assert_eq!(bm.pages(), 2);
-/// # Ok::<(), iommufd::Error>(())
-/// ```
 pub const MOCK_PAGE_SIZE: u64 = st::MOCK_PAGE_SIZE as u64;
 /// The `test_reg` of a mock device's hardware information.
-///
-/// ```
-/// use iommufd::selftest::HW_INFO_SELFTEST_REGVAL;
-/// use iommufd::{HW_INFO_TYPE_SELFTEST, HwInfoData};
-/// let mut bytes = [0u8; 8];
-/// bytes[4..].copy_from_slice(&HW_INFO_SELFTEST_REGVAL.to_ne_bytes());
-/// let data = HwInfoData::decode(HW_INFO_TYPE_SELFTEST, &bytes)?;
-/// assert_eq!(data, HwInfoData::Selftest { flags: 0, test_reg: 0xdeadbeef });
-/// # Ok::<(), iommufd::DecodeError>(())
-/// ```
 pub const HW_INFO_SELFTEST_REGVAL: u32 = st::IOMMU_HW_INFO_SELFTEST_REGVAL;
+
+/// The id of the kernel's selftest object behind a [`MockDevice`] (what
+/// `IOMMU_DESTROY` takes to unbind it).
+pub type MockDeviceId = Id<kind::MockDevice>;
 
 bitflags! {
     /// Properties of a mock device (`MOCK_FLAGS_DEVICE_*`).
     ///
     /// ```no_run
-    /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// let mock = MockDomain::with_flags(&ioas, MockDeviceFlags::NO_DIRTY | MockDeviceFlags::PASID)?;
+    /// use iommufd::selftest::{MockDevice, MockDeviceFlags};
+    /// # let ioas = iommufd::Ioas::alloc(&iommufd::Iommufd::open()?)?;
+    /// let mock = MockDevice::alloc(&ioas, MockDeviceFlags::NO_DIRTY | MockDeviceFlags::PASID, 1)?;
+    /// assert_eq!(mock.device().hw_info()?.max_pasid_log2, 20);
     /// # Ok::<(), iommufd::Error>(())
     /// ```
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct MockDeviceFlags: u32 {
         /// The device's IOMMU cannot track dirty pages.
-        ///
-        /// ```no_run
-        /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
-        /// use iommufd::{HwCapabilities, Hwpt, HwptFlags};
-        /// # let fd = iommufd::Iommufd::open()?;
-        /// # let ioas = fd.alloc_ioas()?;
-        /// let mock = MockDomain::with_flags(&ioas, MockDeviceFlags::NO_DIRTY)?;
-        /// let caps = fd.hw_info(mock.idev_id())?.capabilities;
-        /// assert!(!caps.contains(HwCapabilities::DIRTY_TRACKING));
-        /// let e = Hwpt::alloc(&fd, mock.idev_id(), &ioas, HwptFlags::DIRTY_TRACKING).unwrap_err();
-        /// assert!(e.is_unsupported());
-        /// # Ok::<(), iommufd::Error>(())
-        /// ```
         const NO_DIRTY = st::MOCK_FLAGS_DEVICE_NO_DIRTY;
         /// The device supports PASID (width 20).
-        ///
-        /// ```no_run
-        /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
-        /// # let fd = iommufd::Iommufd::open()?;
-        /// # let ioas = fd.alloc_ioas()?;
-        /// let mock = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
-        /// assert_eq!(fd.hw_info(mock.idev_id())?.max_pasid_log2, 20);
-        /// # Ok::<(), iommufd::Error>(())
-        /// ```
         const PASID = st::MOCK_FLAGS_DEVICE_PASID;
     }
 }
@@ -143,92 +102,165 @@ fn new_cmd(op: u32, id: u32) -> st::iommu_test_cmd {
     cmd
 }
 
-/// A mock device bound to the iommufd and attached to an IOAS or HWPT
-/// (`IOMMU_TEST_OP_MOCK_DOMAIN`): the kernel creates the device, binds it (the
-/// device id) and attaches it, creating a HWPT ("mock domain") when attached to an
-/// IOAS.
-///
-/// Borrows the IOAS or HWPT it was attached to, so it is destroyed first. Dropping it
-/// destroys the selftest object (`IOMMU_DESTROY` of [`MockDomain::stdev_id`]), which
-/// detaches and unbinds the device and frees an automatically created HWPT.
-///
-/// ```no_run
-/// use iommufd::selftest::{HW_INFO_SELFTEST_REGVAL, MockDomain};
-/// use iommufd::{HwInfoData, Iommufd};
-/// let fd = Iommufd::open()?;
-/// let ioas = fd.alloc_ioas()?;
-/// let mock = MockDomain::new(&ioas)?;
-/// let info = fd.hw_info(mock.idev_id())?;
-/// assert_eq!(info.data, HwInfoData::Selftest { flags: 0, test_reg: HW_INFO_SELFTEST_REGVAL });
-/// drop(mock); // before the IOAS it is attached to
-/// # Ok::<(), iommufd::Error>(())
-/// ```
-#[must_use = "dropping a MockDomain destroys the mock device"]
-pub struct MockDomain<'a> {
-    fd: &'a Iommufd,
-    stdev_id: u32,
-    hwpt_id: HwptId,
-    idev_id: DeviceId,
+/// The binding of a mock device: the selftest object, destroyed to unbind it.
+#[derive(Debug)]
+struct MockBinding {
+    fd: Iommufd,
+    stdev: u32,
 }
 
-impl fmt::Debug for MockDomain<'_> {
+impl MockBinding {
+    fn name(&self) -> String {
+        format!("selftest device {}", self.stdev)
+    }
+
+    fn pasid_op(&self, op: u32, what: &'static str, pasid: u32, pt: u32) -> Result<()> {
+        let mut cmd = new_cmd(op, self.stdev);
+        match op {
+            st::IOMMU_TEST_OP_PASID_ATTACH => {
+                cmd.__bindgen_anon_1.pasid_attach =
+                    st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_18 { pasid, pt_id: pt }
+            }
+            st::IOMMU_TEST_OP_PASID_REPLACE => {
+                cmd.__bindgen_anon_1.pasid_replace =
+                    st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_19 { pasid, pt_id: pt }
+            }
+            _ => {
+                cmd.__bindgen_anon_1.pasid_detach =
+                    st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_20 { pasid }
+            }
+        }
+        test_cmd(
+            &self.fd,
+            cmd,
+            what,
+            format_args!("{} pasid {pasid}", self.name()),
+        )
+        .map(drop)
+    }
+}
+
+impl Binding for MockBinding {
+    fn attach(&self, pasid: Option<u32>, pt: u32, replace: bool) -> Result<u32> {
+        match pasid {
+            None => {
+                let mut cmd = new_cmd(st::IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, self.stdev);
+                cmd.__bindgen_anon_1.mock_domain_replace =
+                    st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_4 { pt_id: pt };
+                let out = test_cmd(
+                    &self.fd,
+                    cmd,
+                    "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE",
+                    self.name(),
+                )?;
+                // SAFETY: plain integers.
+                Ok(unsafe { out.__bindgen_anon_1.mock_domain_replace.pt_id })
+            }
+            Some(p) if replace => self
+                .pasid_op(
+                    st::IOMMU_TEST_OP_PASID_REPLACE,
+                    "IOMMU_TEST_OP_PASID_REPLACE",
+                    p,
+                    pt,
+                )
+                .map(|()| pt),
+            Some(p) => self
+                .pasid_op(
+                    st::IOMMU_TEST_OP_PASID_ATTACH,
+                    "IOMMU_TEST_OP_PASID_ATTACH",
+                    p,
+                    pt,
+                )
+                .map(|()| pt),
+        }
+    }
+
+    fn detach(&self, pasid: Option<u32>) -> Result<()> {
+        match pasid {
+            // A mock device is always attached: it is detached by destroying it.
+            None => Err(Error::Unsupported {
+                op: "detach",
+                object: self.name(),
+                errno: libc::EOPNOTSUPP,
+            }),
+            Some(p) => self.pasid_op(
+                st::IOMMU_TEST_OP_PASID_DETACH,
+                "IOMMU_TEST_OP_PASID_DETACH",
+                p,
+                0,
+            ),
+        }
+    }
+}
+
+impl Drop for MockBinding {
+    fn drop(&mut self) {
+        if let Err(e) = self.fd.destroy_id(self.stdev, self.name()) {
+            log::error!("iommufd: destroying {}: {e}", self.name());
+        }
+    }
+}
+
+/// A mock device bound to the iommufd and attached to an IOAS or HWPT
+/// (`IOMMU_TEST_OP_MOCK_DOMAIN`): the kernel creates the device, binds it (its
+/// [`Device`]) and attaches it, creating a HWPT ("mock domain") when attached to an
+/// IOAS.
+///
+/// Its [`Device`] holds what it is attached to and, when the last handle goes,
+/// destroys the selftest object (which detaches and unbinds the device and frees an
+/// automatically created HWPT) before releasing it.
+///
+/// ```no_run
+/// use iommufd::selftest::{HW_INFO_SELFTEST_REGVAL, MockDevice, MockDeviceFlags};
+/// use iommufd::{HwInfoData, Ioas, Iommufd};
+/// let ioas = Ioas::alloc(&Iommufd::open()?)?;
+/// let mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 0x20)?;
+/// let info = mock.device().hw_info()?;
+/// assert_eq!(info.data, HwInfoData::Selftest { flags: 0, test_reg: HW_INFO_SELFTEST_REGVAL });
+/// assert_eq!(info.label, 0x20);
+/// drop(ioas); // the mock device holds it
+/// # Ok::<(), iommufd::Error>(())
+/// ```
+pub struct MockDevice {
+    device: Device,
+    stdev: MockDeviceId,
+    hwpt: AtomicU32,
+}
+
+impl fmt::Debug for MockDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MockDomain")
-            .field("stdev_id", &self.stdev_id)
-            .field("hwpt_id", &self.hwpt_id)
-            .field("idev_id", &self.idev_id)
+        f.debug_struct("MockDevice")
+            .field("stdev", &self.stdev)
+            .field("hwpt", &self.hwpt.load(Ordering::Relaxed))
+            .field("device", &self.device)
             .finish()
     }
 }
 
-impl<'a> MockDomain<'a> {
-    /// A mock device attached to `ioas` (through a new mock domain).
+impl MockDevice {
+    /// A mock device with `flags`, labelled `label`, attached to `pt` (an IOAS,
+    /// through a new mock domain, or a HWPT). Without flags this is
+    /// `IOMMU_TEST_OP_MOCK_DOMAIN` (Linux 6.2), else `IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS`
+    /// (6.7).
     ///
     /// ```no_run
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// let ioas = fd.alloc_ioas()?;
-    /// let mock = iommufd::selftest::MockDomain::new(&ioas)?;
-    /// println!("{} attached through {}", mock.idev_id(), mock.hwpt_id());
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn new(ioas: &'a Ioas<'_>) -> Result<MockDomain<'a>> {
-        MockDomain::create(ioas.iommufd(), PtId::from(ioas), MockDeviceFlags::empty())
-    }
-
-    /// A mock device with `flags`, attached to `ioas`
-    /// (`IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS`).
-    ///
-    /// ```no_run
-    /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// let mock = MockDomain::with_flags(&ioas, MockDeviceFlags::NO_DIRTY)?;
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn with_flags(ioas: &'a Ioas<'_>, flags: MockDeviceFlags) -> Result<MockDomain<'a>> {
-        MockDomain::create(ioas.iommufd(), PtId::from(ioas), flags)
-    }
-
-    /// A mock device attached directly to `hwpt`.
-    ///
-    /// ```no_run
-    /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
-    /// use iommufd::{Hwpt, HwptFlags};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let first = MockDomain::new(&ioas)?;
-    /// let hwpt = Hwpt::alloc(&fd, first.idev_id(), &ioas, HwptFlags::empty())?;
-    /// let second = MockDomain::on_hwpt(&hwpt, MockDeviceFlags::empty())?;
+    /// use iommufd::selftest::{MockDevice, MockDeviceFlags};
+    /// use iommufd::{Hwpt, HwptFlags, Ioas, Iommufd};
+    /// let ioas = Ioas::alloc(&Iommufd::open()?)?;
+    /// let first = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1)?;
+    /// let hwpt = Hwpt::alloc(&ioas, &first, HwptFlags::empty())?;
+    /// let second = MockDevice::alloc(&hwpt, MockDeviceFlags::empty(), 2)?;
     /// assert_eq!(second.hwpt_id(), hwpt.id());
     /// # Ok::<(), iommufd::Error>(())
     /// ```
-    pub fn on_hwpt(hwpt: &'a Hwpt<'_>, flags: MockDeviceFlags) -> Result<MockDomain<'a>> {
-        MockDomain::create(hwpt.iommufd(), PtId::from(hwpt), flags)
-    }
-
-    fn create(fd: &'a Iommufd, pt: PtId, flags: MockDeviceFlags) -> Result<MockDomain<'a>> {
-        // Plain MOCK_DOMAIN when no flags are asked for: it is older (6.2) than
-        // MOCK_DOMAIN_FLAGS (6.7), and its payload is a prefix of the flags one.
+    pub fn alloc(
+        pt: impl Into<PageTable>,
+        flags: MockDeviceFlags,
+        label: u64,
+    ) -> Result<MockDevice> {
+        let pt = pt.into();
+        let fd = pt.iommufd().clone();
+        let reservation = fd.reserve_label(label)?;
         let op = if flags.is_empty() {
             st::IOMMU_TEST_OP_MOCK_DOMAIN
         } else {
@@ -239,202 +271,113 @@ impl<'a> MockDomain<'a> {
             dev_flags: flags.bits(),
             ..Default::default()
         };
-        let out = test_cmd(fd, cmd, "IOMMU_TEST_OP_MOCK_DOMAIN", pt)?;
+        let out = test_cmd(&fd, cmd, "IOMMU_TEST_OP_MOCK_DOMAIN", &pt)?;
         // SAFETY: the kernel filled the `mock_domain_flags` member (a prefix-compatible
         // superset of `mock_domain`); every member is plain integers.
         let md = unsafe { out.__bindgen_anon_1.mock_domain_flags };
-        Ok(MockDomain {
-            fd,
-            stdev_id: md.out_stdev_id,
-            hwpt_id: HwptId::from_raw(md.out_hwpt_id),
-            idev_id: DeviceId::from_raw(md.out_idev_id),
+        let binding = MockBinding {
+            fd: fd.clone(),
+            stdev: md.out_stdev_id,
+        };
+        let device = Device::new(
+            reservation,
+            md.out_idev_id,
+            binding.name(),
+            Box::new(binding),
+            Some(pt),
+        );
+        Ok(MockDevice {
+            device,
+            stdev: MockDeviceId::new(md.out_stdev_id, fd.token()),
+            hwpt: AtomicU32::new(md.out_hwpt_id),
         })
     }
 
-    /// The id of the selftest object (what `IOMMU_DESTROY` takes).
+    /// The bound device: for [`Hwpt::alloc`], hardware information, attach.
     ///
     /// ```no_run
-    /// # use iommufd::{Iommufd, selftest::MockDomain};
-    /// # let fd = Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let mock = MockDomain::new(&ioas)?;
-    /// assert_ne!(mock.stdev_id(), mock.idev_id().raw()); // two objects of the file
+    /// # use iommufd::selftest::{MockDevice, MockDeviceFlags};
+    /// # let ioas = iommufd::Ioas::alloc(&iommufd::Iommufd::open()?)?;
+    /// let mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 7)?;
+    /// assert_eq!(mock.device().label(), 7);
     /// # Ok::<(), iommufd::Error>(())
     /// ```
-    pub fn stdev_id(&self) -> u32 {
-        self.stdev_id
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
-    /// The HWPT the device is attached to (the mock domain).
+    /// The id of the selftest object.
     ///
     /// ```no_run
-    /// # use iommufd::{Iommufd, selftest::MockDomain};
-    /// # let fd = Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let mock = MockDomain::new(&ioas)?;
-    /// # use iommufd::{MapFlags, MmapRegion};
-    /// let m = ioas.map_owned(MmapRegion::new(4096)?, None, MapFlags::RW)?;
-    /// iommufd::selftest::md_check_map(&fd, mock.hwpt_id(), m.iova(), m.region().as_ptr(), 4096)?;
+    /// # use iommufd::selftest::{MockDevice, MockDeviceFlags};
+    /// # let ioas = iommufd::Ioas::alloc(&iommufd::Iommufd::open()?)?;
+    /// let mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 7)?;
+    /// assert_ne!(mock.stdev_id().raw(), mock.device().id().raw()); // two objects of the file
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
+    pub fn stdev_id(&self) -> MockDeviceId {
+        self.stdev
+    }
+
+    /// The HWPT the device is attached to (at creation, the mock domain).
+    ///
+    /// ```no_run
+    /// # use iommufd::selftest::{self, MockDevice, MockDeviceFlags};
+    /// # let ioas = iommufd::Ioas::alloc(&iommufd::Iommufd::open()?)?;
+    /// let mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 7)?;
+    /// println!("attached through {}", mock.hwpt_id());
     /// # Ok::<(), iommufd::Error>(())
     /// ```
     pub fn hwpt_id(&self) -> HwptId {
-        self.hwpt_id
-    }
-
-    /// The bound device (for [`Hwpt::alloc`], [`Iommufd::hw_info`]).
-    ///
-    /// ```no_run
-    /// # use iommufd::{Iommufd, selftest::MockDomain};
-    /// # let fd = Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let mock = MockDomain::new(&ioas)?;
-    /// let info = fd.hw_info(mock.idev_id())?;
-    /// assert_eq!(info.device, mock.idev_id());
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn idev_id(&self) -> DeviceId {
-        self.idev_id
-    }
-
-    /// Re-attaches the device to `pt` (`IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE`) and
-    /// returns the HWPT it is now attached to. `pt` must outlive the mock device;
-    /// the caller keeps that order.
-    ///
-    /// ```no_run
-    /// # use iommufd::{Hwpt, HwptFlags, Iommufd, selftest::MockDomain};
-    /// # let fd = Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// let mut mock = MockDomain::new(&ioas)?;
-    /// let hwpt = Hwpt::alloc(&fd, mock.idev_id(), &ioas, HwptFlags::empty())?;
-    /// assert_eq!(mock.replace(&hwpt)?, hwpt.id());
-    /// mock.replace(&ioas)?; // off `hwpt` again before it is dropped
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn replace(&mut self, pt: impl Into<PtId>) -> Result<HwptId> {
-        let pt = pt.into();
-        self.fd
-            .check_owner("IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE", pt.owner(), pt)?;
-        let mut cmd = new_cmd(st::IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, self.stdev_id);
-        cmd.__bindgen_anon_1.mock_domain_replace =
-            st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_4 { pt_id: pt.raw() };
-        let out = test_cmd(self.fd, cmd, "IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE", pt)?;
-        // SAFETY: plain integers.
-        let hwpt = HwptId::from_raw(unsafe { out.__bindgen_anon_1.mock_domain_replace.pt_id });
-        self.hwpt_id = hwpt;
-        Ok(hwpt)
-    }
-
-    /// Attaches PASID `pasid` of the mock device to `pt`
-    /// (`IOMMU_TEST_OP_PASID_ATTACH`, Linux 6.15): the kernel's own PASID attach path
-    /// (`iommufd_device_attach` with a PASID), driven without PASID-capable hardware.
-    /// Needs a device made with [`MockDeviceFlags::PASID`] whose RID is attached to a
-    /// PASID-compatible HWPT ([`HwptFlags::PASID`](crate::HwptFlags::PASID)).
-    ///
-    /// ```no_run
-    /// use iommufd::selftest::{MockDeviceFlags, MockDomain};
-    /// use iommufd::{Hwpt, HwptFlags};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let first = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
-    /// # let hwpt = Hwpt::alloc(&fd, first.idev_id(), &ioas, HwptFlags::PASID)?;
-    /// let mut mock = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
-    /// mock.replace(&hwpt)?; // the RID on a PASID-compatible HWPT first
-    /// mock.attach_pasid(100, &hwpt)?;
-    /// assert!(mock.pasid_attached_to(100, Some(hwpt.id()))?);
-    /// # mock.detach_pasid(100)?;
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn attach_pasid(&self, pasid: u32, pt: impl Into<PtId>) -> Result<()> {
-        let pt = pt.into();
-        self.fd
-            .check_owner("IOMMU_TEST_OP_PASID_ATTACH", pt.owner(), pt)?;
-        let mut cmd = new_cmd(st::IOMMU_TEST_OP_PASID_ATTACH, self.stdev_id);
-        cmd.__bindgen_anon_1.pasid_attach = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_18 {
-            pasid,
-            pt_id: pt.raw(),
-        };
-        test_cmd(self.fd, cmd, "IOMMU_TEST_OP_PASID_ATTACH", pt).map(|_| ())
-    }
-
-    /// Moves PASID `pasid` to `pt` (`IOMMU_TEST_OP_PASID_REPLACE`).
-    ///
-    /// ```no_run
-    /// # use iommufd::{Hwpt, HwptFlags, selftest::{MockDeviceFlags, MockDomain}};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let first = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
-    /// # let hwpt1 = Hwpt::alloc(&fd, first.idev_id(), &ioas, HwptFlags::PASID)?;
-    /// # let hwpt2 = Hwpt::alloc(&fd, first.idev_id(), &ioas, HwptFlags::PASID)?;
-    /// # let mut mock = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
-    /// # mock.replace(&hwpt1)?;
-    /// mock.attach_pasid(100, &hwpt1)?;
-    /// mock.replace_pasid(100, &hwpt2)?;
-    /// assert!(mock.pasid_attached_to(100, Some(hwpt2.id()))?);
-    /// # mock.detach_pasid(100)?;
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn replace_pasid(&self, pasid: u32, pt: impl Into<PtId>) -> Result<()> {
-        let pt = pt.into();
-        self.fd
-            .check_owner("IOMMU_TEST_OP_PASID_REPLACE", pt.owner(), pt)?;
-        let mut cmd = new_cmd(st::IOMMU_TEST_OP_PASID_REPLACE, self.stdev_id);
-        cmd.__bindgen_anon_1.pasid_replace = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_19 {
-            pasid,
-            pt_id: pt.raw(),
-        };
-        test_cmd(self.fd, cmd, "IOMMU_TEST_OP_PASID_REPLACE", pt).map(|_| ())
-    }
-
-    /// Detaches PASID `pasid` (`IOMMU_TEST_OP_PASID_DETACH`).
-    ///
-    /// ```no_run
-    /// # use iommufd::{Hwpt, HwptFlags, selftest::{MockDeviceFlags, MockDomain}};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let first = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
-    /// # let hwpt = Hwpt::alloc(&fd, first.idev_id(), &ioas, HwptFlags::PASID)?;
-    /// # let mut mock = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
-    /// # mock.replace(&hwpt)?;
-    /// mock.attach_pasid(100, &hwpt)?;
-    /// mock.detach_pasid(100)?;
-    /// assert!(mock.pasid_attached_to(100, None)?);
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn detach_pasid(&self, pasid: u32) -> Result<()> {
-        let mut cmd = new_cmd(st::IOMMU_TEST_OP_PASID_DETACH, self.stdev_id);
-        cmd.__bindgen_anon_1.pasid_detach =
-            st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_20 { pasid };
-        test_cmd(
-            self.fd,
-            cmd,
-            "IOMMU_TEST_OP_PASID_DETACH",
-            format_args!("pasid {pasid}"),
+        HwptId::new(
+            self.hwpt.load(Ordering::Acquire),
+            self.device.iommufd().token(),
         )
-        .map(|_| ())
+    }
+
+    /// Re-attaches the device to `pt` (`IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE`, through
+    /// [`Device::attach`]) and returns the HWPT it is now attached to.
+    ///
+    /// ```no_run
+    /// # use iommufd::selftest::{MockDevice, MockDeviceFlags};
+    /// use iommufd::{Hwpt, HwptFlags};
+    /// # let ioas = iommufd::Ioas::alloc(&iommufd::Iommufd::open()?)?;
+    /// let mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 7)?;
+    /// let hwpt = Hwpt::alloc(&ioas, &mock, HwptFlags::empty())?;
+    /// assert_eq!(mock.replace(&hwpt)?, hwpt.id());
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
+    pub fn replace(&self, pt: impl Into<PageTable>) -> Result<HwptId> {
+        let hwpt = self.device.attach(pt)?;
+        self.hwpt.store(hwpt.raw(), Ordering::Release);
+        Ok(hwpt)
     }
 
     /// Whether PASID `pasid` is attached to `hwpt` (`None`: to nothing), as the
     /// kernel sees it (`IOMMU_TEST_OP_PASID_CHECK_HWPT`).
     ///
     /// ```no_run
-    /// # use iommufd::selftest::{MockDeviceFlags, MockDomain};
-    /// # let fd = iommufd::Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// let mock = MockDomain::with_flags(&ioas, MockDeviceFlags::PASID)?;
+    /// # use iommufd::selftest::{MockDevice, MockDeviceFlags};
+    /// # let ioas = iommufd::Ioas::alloc(&iommufd::Iommufd::open()?)?;
+    /// let mock = MockDevice::alloc(&ioas, MockDeviceFlags::PASID, 7)?;
     /// assert!(mock.pasid_attached_to(7, None)?); // nothing attached yet
     /// # Ok::<(), iommufd::Error>(())
     /// ```
     pub fn pasid_attached_to(&self, pasid: u32, hwpt: Option<HwptId>) -> Result<bool> {
-        let mut cmd = new_cmd(st::IOMMU_TEST_OP_PASID_CHECK_HWPT, self.stdev_id);
+        let fd = self.device.iommufd();
+        if let Some(h) = hwpt {
+            fd.check_owner("IOMMU_TEST_OP_PASID_CHECK_HWPT", h.owner(), h)?;
+        }
+        let mut cmd = new_cmd(st::IOMMU_TEST_OP_PASID_CHECK_HWPT, self.stdev.raw());
         cmd.__bindgen_anon_1.pasid_check = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_21 {
             pasid,
             hwpt_id: hwpt.map_or(0, HwptId::raw),
         };
         match test_cmd(
-            self.fd,
+            fd,
             cmd,
             "IOMMU_TEST_OP_PASID_CHECK_HWPT",
-            format_args!("pasid {pasid}"),
+            format_args!("{} pasid {pasid}", self.stdev),
         ) {
             Ok(_) => Ok(true),
             Err(e) if e.errno() == Some(libc::EINVAL) => Ok(false),
@@ -442,51 +385,26 @@ impl<'a> MockDomain<'a> {
         }
     }
 
-    /// Has the kernel check that the mock domain maps `len` bytes at `iova` to the
-    /// pages of this process's memory at `va` ([`md_check_map`]).
+    /// Has the kernel check that the device's mock domain maps `len` bytes at `iova`
+    /// to the pages of this process's memory at `va` ([`md_check_map`]).
     ///
     /// ```no_run
-    /// use iommufd::{MapFlags, MmapRegion};
-    /// # use iommufd::{Iommufd, selftest::MockDomain};
-    /// # let fd = Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let mock = MockDomain::new(&ioas)?;
-    /// let m = ioas.map_owned(MmapRegion::new(8192)?, None, MapFlags::RW)?;
-    /// mock.check_map(m.iova(), m.region().as_ptr(), 8192)?;
-    /// # Ok::<(), iommufd::Error>(())
+    /// use iommufd::MapFlags;
+    /// # use iommufd::selftest::{MockDevice, MockDeviceFlags};
+    /// # let ioas = iommufd::Ioas::alloc(&iommufd::Iommufd::open()?)?;
+    /// let mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 7)?;
+    /// let m = ioas.map(vm_memory::MmapRegion::<()>::new(8192)?, None, MapFlags::RW)?;
+    /// mock.check_map(m.iova(), m.memory().as_ptr(), 8192)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn check_map(&self, iova: Iova, va: *const u8, len: u64) -> Result<()> {
-        md_check_map(self.fd, self.hwpt_id, iova, va, len)
-    }
-
-    /// Destroys the mock device now, returning the kernel's error.
-    ///
-    /// ```no_run
-    /// # use iommufd::{Iommufd, selftest::MockDomain};
-    /// # let fd = Iommufd::open()?;
-    /// # let ioas = fd.alloc_ioas()?;
-    /// # let mock = MockDomain::new(&ioas)?;
-    /// mock.destroy()?; // detached and unbound; its mock domain is freed
-    /// ioas.destroy()?; // no longer busy
-    /// # Ok::<(), iommufd::Error>(())
-    /// ```
-    pub fn destroy(self) -> Result<()> {
-        let this = ManuallyDrop::new(self);
-        this.fd.destroy_id(
-            this.stdev_id,
-            format_args!("selftest device {}", this.stdev_id),
-        )
+        md_check_map(self.device.iommufd(), self.hwpt_id(), iova, va, len)
     }
 }
 
-impl Drop for MockDomain<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.fd.destroy_id(
-            self.stdev_id,
-            format_args!("selftest device {}", self.stdev_id),
-        ) {
-            eprintln!("iommufd: dropping mock device {}: {e}", self.stdev_id);
-        }
+impl AsRef<Device> for MockDevice {
+    fn as_ref(&self) -> &Device {
+        &self.device
     }
 }
 
@@ -495,15 +413,14 @@ impl Drop for MockDomain<'_> {
 /// avoid it and [`Ioas::allow_iovas`] over it fails with `EADDRINUSE`.
 ///
 /// ```no_run
-/// use iommufd::{Iova, IovaRange, selftest};
-/// # let fd = iommufd::Iommufd::open()?;
-/// let ioas = fd.alloc_ioas()?;
+/// use iommufd::{Ioas, Iommufd, Iova, IovaRange, selftest};
+/// let ioas = Ioas::alloc(&Iommufd::open()?)?;
 /// selftest::add_reserved(&ioas, Iova(0xfee0_0000), 1 << 20)?; // like an MSI window
 /// let e = ioas.allow_iovas(&[IovaRange::FULL]).unwrap_err();
 /// assert_eq!(e.errno(), Some(libc::EADDRINUSE));
 /// # Ok::<(), iommufd::Error>(())
 /// ```
-pub fn add_reserved(ioas: &Ioas<'_>, start: Iova, len: u64) -> Result<()> {
+pub fn add_reserved(ioas: &Ioas, start: Iova, len: u64) -> Result<()> {
     let mut cmd = new_cmd(st::IOMMU_TEST_OP_ADD_RESERVED, ioas.id().raw());
     cmd.__bindgen_anon_1.add_reserved = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_1 {
         start: start.raw(),
@@ -515,21 +432,24 @@ pub fn add_reserved(ioas: &Ioas<'_>, start: Iova, len: u64) -> Result<()> {
 /// Has the kernel check that mock domain `hwpt` maps each mock page of
 /// `iova..iova + len` to the physical page behind the same offset of `va`
 /// (`IOMMU_TEST_OP_MD_CHECK_MAP`). `iova`, `va` and `len` must be multiples of the
-/// mock page size. Fails with `EINVAL` on a mismatch.
+/// mock page size. Fails with `EINVAL` on a mismatch; an id of another file is
+/// [`Error::WrongIommufd`].
 ///
 /// The kernel only looks up the pages behind `va` (as `get_user_pages` would for a
 /// read); it does not access their contents through the pointer.
 ///
 /// ```no_run
-/// use iommufd::{Iommufd, Iova, MapFlags, MmapRegion, selftest};
+/// use iommufd::selftest::{self, MockDevice, MockDeviceFlags};
+/// use iommufd::{Ioas, Iommufd, Iova, MapFlags};
 /// let fd = Iommufd::open()?;
-/// let ioas = fd.alloc_ioas()?;
-/// let mock = selftest::MockDomain::new(&ioas)?;
-/// let m = ioas.map_owned(MmapRegion::new(8192)?, Some(Iova(1 << 24)), MapFlags::RW)?;
-/// selftest::md_check_map(&fd, mock.hwpt_id(), m.iova(), m.region().as_ptr(), 8192)?;
-/// # Ok::<(), iommufd::Error>(())
+/// let ioas = Ioas::alloc(&fd)?;
+/// let mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1)?;
+/// let m = ioas.map(vm_memory::MmapRegion::<()>::new(8192)?, Some(Iova(1 << 24)), MapFlags::RW)?;
+/// selftest::md_check_map(&fd, mock.hwpt_id(), m.iova(), m.memory().as_ptr(), 8192)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn md_check_map(fd: &Iommufd, hwpt: HwptId, iova: Iova, va: *const u8, len: u64) -> Result<()> {
+    fd.check_owner("IOMMU_TEST_OP_MD_CHECK_MAP", hwpt.owner(), hwpt)?;
     let mut cmd = new_cmd(st::IOMMU_TEST_OP_MD_CHECK_MAP, hwpt.raw());
     cmd.__bindgen_anon_1.check_map = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_5 {
         iova: iova.raw(),
@@ -546,15 +466,16 @@ pub fn md_check_map(fd: &Iommufd, hwpt: HwptId, iova: Iova, va: *const u8, len: 
 /// Like [`md_check_map`], the kernel only looks up the pages behind `va`.
 ///
 /// ```no_run
-/// use iommufd::{Iommufd, MapFlags, MmapRegion, selftest};
+/// use iommufd::selftest::{self, MockDevice, MockDeviceFlags};
+/// use iommufd::{Ioas, Iommufd, MapFlags};
 /// let fd = Iommufd::open()?;
-/// let ioas = fd.alloc_ioas()?;
-/// let _mock = selftest::MockDomain::new(&ioas)?; // a domain pins what is mapped
-/// let m = ioas.map_owned(MmapRegion::new(4096)?, None, MapFlags::RW)?;
-/// selftest::check_refs(&fd, m.region().as_ptr(), 4096, 1)?;
+/// let ioas = Ioas::alloc(&fd)?;
+/// let _mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1)?; // a domain pins what is mapped
+/// let m = ioas.map(vm_memory::MmapRegion::<()>::new(4096)?, None, MapFlags::RW)?;
+/// selftest::check_refs(&fd, m.memory().as_ptr(), 4096, 1)?;
 /// let region = m.unmap()?;
 /// selftest::check_refs(&fd, region.as_ptr(), 4096, 0)?;
-/// # Ok::<(), iommufd::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn check_refs(fd: &Iommufd, va: *const u8, len: u64, refs: u32) -> Result<()> {
     let mut cmd = new_cmd(st::IOMMU_TEST_OP_MD_CHECK_REFS, 0);
@@ -568,25 +489,24 @@ pub fn check_refs(fd: &Iommufd, va: *const u8, len: u64, refs: u32) -> Result<()
 
 /// Marks the pages set in `dirty` as written by DMA in mock domain `hwpt`
 /// (`IOMMU_TEST_OP_DIRTY`) and returns how many were marked. Dirty tracking must be
-/// enabled on the HWPT ([`Hwpt::set_dirty_tracking`]); only mapped IOVAs take the
+/// enabled on the HWPT ([`Hwpt::enable_dirty_tracking`]); only mapped IOVAs take the
 /// mark.
 ///
 /// ```no_run
-/// use iommufd::selftest::{self, MOCK_PAGE_SIZE, MockDomain};
-/// use iommufd::{DirtyBitmap, Hwpt, HwptFlags, Iova, MapFlags, MmapRegion};
-/// # let fd = iommufd::Iommufd::open()?;
-/// # let ioas = fd.alloc_ioas()?;
-/// # let mock = MockDomain::new(&ioas)?;
-/// let hwpt = Hwpt::alloc(&fd, mock.idev_id(), &ioas, HwptFlags::DIRTY_TRACKING)?;
-/// let m = ioas.map_owned(MmapRegion::new(4096)?, Some(Iova(1 << 24)), MapFlags::RW)?;
-/// hwpt.set_dirty_tracking(true)?;
+/// use iommufd::selftest::{self, MOCK_PAGE_SIZE, MockDevice, MockDeviceFlags};
+/// use iommufd::{DirtyBitmap, Hwpt, HwptFlags, Ioas, Iommufd, Iova, MapFlags};
+/// let ioas = Ioas::alloc(&Iommufd::open()?)?;
+/// let mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1)?;
+/// let hwpt = Hwpt::alloc(&ioas, &mock, HwptFlags::DIRTY_TRACKING)?;
+/// let m = ioas.map(vm_memory::MmapRegion::<()>::new(4096)?, Some(Iova(1 << 24)), MapFlags::RW)?;
+/// hwpt.enable_dirty_tracking()?;
 /// let mut marks = DirtyBitmap::new(m.iova(), 4096, MOCK_PAGE_SIZE)?;
 /// marks.set(0);
 /// marks.set(1); // both mock pages of the CPU page
 /// assert_eq!(selftest::set_dirty(&hwpt, &marks)?, 2);
-/// # Ok::<(), iommufd::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn set_dirty(hwpt: &Hwpt<'_>, dirty: &DirtyBitmap) -> Result<u64> {
+pub fn set_dirty(hwpt: &Hwpt, dirty: &DirtyBitmap) -> Result<u64> {
     let len = dirty.pages() * dirty.page_size();
     let mut cmd = new_cmd(st::IOMMU_TEST_OP_DIRTY, hwpt.id().raw());
     cmd.__bindgen_anon_1.dirty = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_13 {
@@ -606,6 +526,7 @@ pub fn set_dirty(hwpt: &Hwpt<'_>, dirty: &DirtyBitmap) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iommufd::tests::null;
 
     #[test]
     fn constants_match_the_mock() {
@@ -614,6 +535,8 @@ mod tests {
         assert_eq!(MOCK_PAGE_SIZE, 2048);
         assert_eq!(HW_INFO_SELFTEST_REGVAL, 0xdeadbeef);
         assert_eq!(size_of::<st::iommu_test_cmd>(), 72);
+        assert_eq!(MockDeviceFlags::NO_DIRTY.bits(), 1);
+        assert_eq!(MockDeviceFlags::PASID.bits(), 4);
     }
 
     #[test]
@@ -630,29 +553,19 @@ mod tests {
         assert_eq!((r.start, r.length), (0x1000, 0x2000));
     }
 
-    // A real IOMMU_TEST_CMD on a file that is not an iommufd.
-    #[test]
-    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
-    fn test_cmd_on_a_non_iommufd_is_unsupported() {
-        let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
-        let e = check_refs(&fd, std::ptr::null(), 0, 0).unwrap_err();
-        assert!(e.is_unsupported(), "{e}");
-    }
-
     // Every wrapper reaches the kernel (here /dev/null, which answers ENOTTY).
     #[test]
-    #[cfg_attr(miri, ignore = "real syscalls (mmap, ioctl), which Miri does not run")]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
     fn wrappers_on_a_non_iommufd() {
-        let fd = Iommufd::open_path("/dev/null").expect("/dev/null");
-        let other = Iommufd::open_path("/dev/null").expect("/dev/null");
+        let fd = null();
+        let other = null();
         let ioas = Ioas::fake(&fd, 1);
-        let hwpt = Hwpt::fake(&fd, 2);
-        let e = MockDomain::new(&ioas).unwrap_err();
+        let hwpt = Hwpt::fake(&ioas, 2);
+        let e = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1).unwrap_err();
         assert!(e.to_string().contains("MOCK_DOMAIN on ioas 1"), "{e}");
-        let e = MockDomain::with_flags(&ioas, MockDeviceFlags::NO_DIRTY).unwrap_err();
-        assert!(e.is_unsupported(), "{e}");
-        let e = MockDomain::on_hwpt(&hwpt, MockDeviceFlags::PASID).unwrap_err();
+        let e = MockDevice::alloc(&hwpt, MockDeviceFlags::PASID, 1).unwrap_err();
         assert!(e.to_string().contains("on hwpt 2"), "{e}");
+        assert_eq!(fd.device_by_label(1), None, "the reserved label was freed");
         let e = add_reserved(&ioas, Iova(0), 4096).unwrap_err();
         assert!(e.to_string().contains("ADD_RESERVED on ioas 1"), "{e}");
         let bm = DirtyBitmap::new(Iova(0), 4096, 2048).expect("bitmap");
@@ -661,32 +574,78 @@ mod tests {
             e.to_string().contains("IOMMU_TEST_OP_DIRTY on hwpt 2"),
             "{e}"
         );
-        let mut mock = MockDomain {
-            fd: &fd,
-            stdev_id: 9,
-            hwpt_id: HwptId::from_raw(10),
-            idev_id: DeviceId::from_raw(11),
+        let e = check_refs(&fd, std::ptr::null(), 0, 0).unwrap_err();
+        assert!(e.is_unsupported(), "{e}");
+        let e = md_check_map(&other, hwpt.id(), Iova(0), std::ptr::null(), 2048).unwrap_err();
+        assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
+        let e = md_check_map(&fd, hwpt.id(), Iova(0), std::ptr::null(), 2048).unwrap_err();
+        assert!(e.to_string().contains("MD_CHECK_MAP on hwpt 2"), "{e}");
+
+        // A binding by hand: its commands reach the kernel, its drop destroys the
+        // selftest object (ENOTTY here, logged).
+        let b = MockBinding {
+            fd: fd.clone(),
+            stdev: 9,
+        };
+        let e = b.attach(None, 1, true).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("MOCK_DOMAIN_REPLACE on selftest device 9"),
+            "{e}"
+        );
+        let e = b.attach(Some(3), 1, false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("PASID_ATTACH on selftest device 9 pasid 3"),
+            "{e}"
+        );
+        let e = b.attach(Some(3), 1, true).unwrap_err();
+        assert!(e.to_string().contains("PASID_REPLACE"), "{e}");
+        let e = b.detach(Some(3)).unwrap_err();
+        assert!(e.to_string().contains("PASID_DETACH"), "{e}");
+        assert!(b.detach(None).unwrap_err().is_unsupported());
+        let mock = MockDevice {
+            device: Device::new(
+                fd.reserve_label(5).unwrap(),
+                11,
+                b.name(),
+                Box::new(b),
+                Some(PageTable::from(&ioas)),
+            ),
+            stdev: MockDeviceId::new(9, fd.token()),
+            hwpt: AtomicU32::new(10),
         };
         assert_eq!(
-            (mock.stdev_id(), mock.hwpt_id().raw(), mock.idev_id().raw()),
+            (
+                mock.stdev_id().raw(),
+                mock.hwpt_id().raw(),
+                mock.device().id().raw()
+            ),
             (9, 10, 11)
         );
-        assert!(format!("{mock:?}").contains("stdev_id: 9"));
-        let e = mock.replace(crate::IoasId::from_raw(1)).unwrap_err();
-        assert!(e.is_unsupported(), "{e}");
+        assert!(format!("{mock:?}").contains("selftest device 9"));
+        assert!(mock.replace(&hwpt).unwrap_err().is_unsupported());
         let e = mock.check_map(Iova(0), std::ptr::null(), 2048).unwrap_err();
         assert!(e.to_string().contains("MD_CHECK_MAP on hwpt 10"), "{e}");
         let foreign = Ioas::fake(&other, 1);
         let e = mock.replace(&foreign).unwrap_err();
         assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
-        let _ = (foreign.into_id(), ioas.into_id(), hwpt.into_id());
-        assert!(mock.destroy().unwrap_err().is_unsupported());
-        // Dropping one whose DESTROY fails only logs.
-        drop(MockDomain {
-            fd: &fd,
-            stdev_id: 12,
-            hwpt_id: HwptId::from_raw(13),
-            idev_id: DeviceId::from_raw(14),
-        });
+        let foreign_hwpt = Hwpt::fake(&foreign, 3);
+        let e = mock
+            .pasid_attached_to(1, Some(foreign_hwpt.id()))
+            .unwrap_err();
+        assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
+        assert!(
+            mock.pasid_attached_to(1, None)
+                .unwrap_err()
+                .is_unsupported()
+        );
+        drop(mock);
+        let _ = (
+            foreign_hwpt.into_id(),
+            foreign.into_id(),
+            hwpt.into_id(),
+            ioas.into_id(),
+        );
     }
 }

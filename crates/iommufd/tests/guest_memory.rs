@@ -2,7 +2,6 @@
 //! device behind the guest lab's emulated VT-d.
 //!
 //! Ignored on the host; the guest lab runs them with `--ignored`.
-#![cfg(feature = "vm-memory")]
 
 mod common;
 
@@ -10,17 +9,17 @@ mod vfio {
     use std::os::fd::AsFd;
 
     use super::common::{kernel_version, memfd, open};
-    use iommufd::{Command, DeviceId, Error, Iova, MapFlags, MapMethod};
+    use iommufd::vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+    use iommufd::{Command, Error, GuestArea, Ioas, Iova, MapFlags, MapMethod};
     use iommufd_lab::edu::Edu;
     use iommufd_lab::pci;
     use iommufd_lab::vfio::VfioDevice;
-    use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 
     #[test]
     #[ignore = "guest lab: needs /dev/iommu, VT-d and an edu device (cargo xtask vmtest)"]
     fn guest_memory_at_iova_equals_gpa() {
         let fd = open();
-        let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+        let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
         // One anonymous region and one memfd-backed region, with a hole between.
         let guest: GuestMemoryMmap = GuestMemoryMmap::from_ranges_with_files([
             (GuestAddress(0x10_0000), 0x10_0000, None),
@@ -35,11 +34,11 @@ mod vfio {
         let dma = ioas
             .map_guest_memory(&guest, MapFlags::RW)
             .expect("map guest memory");
-        let areas: Vec<_> = dma.areas().collect();
+        let areas: Vec<GuestArea> = dma.areas().collect();
         assert_eq!(areas.len(), 2);
         assert_eq!(
-            (areas[0].iova, areas[0].len, areas[0].method),
-            (Iova(0x10_0000), 0x10_0000, MapMethod::UserMemory)
+            (areas[0].iova, areas[0].gpa, areas[0].len, areas[0].method),
+            (Iova(0x10_0000), 0x10_0000, 0x10_0000, MapMethod::UserMemory)
         );
         let file_method = if fd.probe().supports(Command::IoasMapFile) {
             MapMethod::File
@@ -47,12 +46,13 @@ mod vfio {
             MapMethod::UserMemory
         };
         assert_eq!(
-            (areas[1].iova, areas[1].method),
-            (Iova(0x40_0000), file_method),
+            (areas[1].iova, areas[1].gpa, areas[1].method),
+            (Iova(0x40_0000), 0x40_0000, file_method),
             "kernel {:?}",
             kernel_version()
         );
         assert_eq!(dma.len(), 0x20_0000);
+        assert!(dma.mappings().all(|m| m.is_mapped()));
 
         // The same GPA range cannot be mapped twice.
         let again = ioas
@@ -62,7 +62,8 @@ mod vfio {
 
         let pci = pci::isolated_edu().expect("an edu device alone in its group");
         let dev = VfioDevice::open(&pci.vfio_cdev().expect("cdev")).expect("open cdev");
-        let _id = DeviceId::from_raw(dev.bind(fd.as_fd()).expect("bind"));
+        // The lab's raw VFIO commands: this test is about the mapping, not binding.
+        dev.bind(fd.as_fd()).expect("bind");
         dev.attach(ioas.id().raw()).expect("attach");
         let edu = Edu::new(&dev).expect("edu");
 

@@ -7,7 +7,8 @@
 mod common;
 
 use common::{assert_errno, memfd, open, page};
-use iommufd::{Command, Error, Iova, IovaRange, MapFlags, MmapRegion};
+use iommufd::{Command, Error, HugePages, Ioas, Iova, IovaRange, MapFlags};
+use iommufd_lab::mem::{RegionBytes, buffer};
 
 /// Where the tests put fixed mappings (the mock aperture start, valid everywhere).
 const BASE: u64 = 1 << 24;
@@ -16,53 +17,78 @@ const BASE: u64 = 1 << 24;
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn alloc_and_destroy() {
     let fd = open();
-    let a = fd.alloc_ioas().expect("IOAS_ALLOC");
-    let b = iommufd::Ioas::alloc(&fd).expect("IOAS_ALLOC");
+    let a = Ioas::alloc(&fd).expect("IOAS_ALLOC");
+    let b = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     assert_ne!(a.id(), b.id());
     let id = a.id();
     a.destroy().expect("DESTROY");
     // The id is gone: a second DESTROY fails with ENOENT.
-    assert_errno(fd.destroy_raw(id.raw()), libc::ENOENT);
+    let e = assert_errno(fd.destroy_raw(id.raw()), libc::ENOENT);
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
     // Dropping destroys too.
     let id = b.id();
     drop(b);
     assert_errno(fd.destroy_raw(id.raw()), libc::ENOENT);
     // Object id 0 never exists.
     assert_errno(fd.destroy_raw(0), libc::ENOENT);
+    // Only the last handle destroys: while a clone lives, `destroy` gives the IOAS
+    // back (without asking the kernel) and dropping one handle leaves it alive.
+    let c = Ioas::alloc(&fd).expect("IOAS_ALLOC");
+    let shared = c.clone();
+    let id = c.id();
+    let refused = c.destroy().expect_err("a clone holds it");
+    assert!(
+        matches!(refused.error, Error::InUse { others: 1, .. }),
+        "{}",
+        refused.error
+    );
+    assert_eq!(refused.object.id(), id);
+    drop(refused.object);
+    shared.iova_ranges().expect("still alive while a handle is");
+    shared.destroy().expect("DESTROY through the last handle");
+    assert_errno(fd.destroy_raw(id.raw()), libc::ENOENT);
 }
 
 #[test]
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn into_id_keeps_the_object() {
     let fd = open();
-    let id = fd.alloc_ioas().expect("IOAS_ALLOC").into_id();
+    let id = Ioas::alloc(&fd).expect("IOAS_ALLOC").into_id();
     fd.destroy_raw(id.raw()).expect("the IOAS must still exist");
 }
 
 #[test]
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn destroy_with_mappings_succeeds() {
-    // Mappings do not pin an IOAS (ioas_area_destroy).
+    // Mappings do not pin an IOAS in the kernel (ioas_area_destroy).
     let fd = open();
-    let buf = MmapRegion::new(page() as usize).expect("mmap");
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let buf = buffer(page() as usize);
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     // SAFETY: `buf` outlives the IOAS, which is destroyed below.
-    unsafe { ioas.map_user(Some(Iova(BASE)), buf.as_ptr(), page(), MapFlags::RW) }.expect("MAP");
-    ioas.destroy().expect("DESTROY with a mapping");
+    unsafe { ioas.map_user(buf.as_ptr(), page(), Some(Iova(BASE)), MapFlags::RW) }.expect("MAP");
+    // A `Mapping` handle holds its IOAS, so the crate refuses to destroy it while one
+    // lives; once it is gone, only the kernel's mapping made with `map_user` is left.
+    let m = ioas
+        .map(buffer(page() as usize), None, MapFlags::RW)
+        .expect("MAP owned");
+    let refused = ioas.destroy().expect_err("a mapping holds the IOAS");
+    assert!(
+        matches!(refused.error, Error::InUse { .. }),
+        "{}",
+        refused.error
+    );
+    drop(m);
+    refused.object.destroy().expect("DESTROY with a mapping");
 }
 
 #[test]
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn map_fixed_and_kernel_chosen() {
     let fd = open();
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let p = page();
     let fixed = ioas
-        .map_owned(
-            MmapRegion::new(p as usize).expect("mmap"),
-            Some(Iova(BASE)),
-            MapFlags::RW,
-        )
+        .map(buffer(p as usize), Some(Iova(BASE)), MapFlags::RW)
         .expect("MAP fixed");
     assert_eq!(fixed.iova(), Iova(BASE));
     // Kernel-chosen IOVAs keep the alignment of the length's lowest set bit, as far
@@ -76,13 +102,9 @@ fn map_fixed_and_kernel_chosen() {
     for i in 1..=10u64 {
         let len = p * i;
         let m = ioas
-            .map_owned(
-                MmapRegion::new(len as usize).expect("mmap"),
-                None,
-                MapFlags::RW,
-            )
+            .map(buffer(len as usize), None, MapFlags::RW)
             .expect("MAP auto");
-        let va_align = 1u64 << (m.region().as_ptr() as u64).trailing_zeros();
+        let va_align = 1u64 << (m.memory().as_ptr() as u64).trailing_zeros();
         let align = (1u64 << len.trailing_zeros()).min(va_align).min(max_align);
         assert!(
             m.iova().is_aligned(align),
@@ -98,39 +120,31 @@ fn map_fixed_and_kernel_chosen() {
     drop(maps);
     // Read-only and write-only are both fine; neither is refused.
     let ro = ioas
-        .map_owned(
-            MmapRegion::new(p as usize).expect("mmap"),
-            None,
-            MapFlags::READ,
-        )
+        .map(buffer(p as usize), None, MapFlags::READ)
         .expect("MAP read-only");
     let wo = ioas
-        .map_owned(
-            MmapRegion::new(p as usize).expect("mmap"),
-            None,
-            MapFlags::WRITE,
-        )
+        .map(buffer(p as usize), None, MapFlags::WRITE)
         .expect("MAP write-only");
     assert_ne!(ro.iova(), wo.iova());
-    let none = ioas.map_owned(
-        MmapRegion::new(p as usize).expect("mmap"),
-        None,
-        MapFlags::empty(),
-    );
-    assert_errno(none, libc::EINVAL);
+    // No permission at all: the kernel refuses, and the memory comes back.
+    let none = ioas
+        .map(buffer(p as usize), None, MapFlags::empty())
+        .expect_err("MAP without permissions");
+    assert_eq!(none.error.errno(), Some(libc::EINVAL), "{}", none.error);
+    assert_eq!(none.object.size(), p as usize);
 }
 
 #[test]
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn map_over_an_existing_mapping_is_eexist() {
     let fd = open();
-    let buf = MmapRegion::new(3 * page() as usize).expect("mmap");
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let buf = buffer(3 * page() as usize);
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let p = page();
     let at = BASE + 16 * p;
     // SAFETY: `buf` outlives the IOAS (declared before it).
     let map = |iova: u64, len: u64| unsafe {
-        ioas.map_user(Some(Iova(iova)), buf.as_ptr(), len, MapFlags::RW)
+        ioas.map_user(buf.as_ptr(), len, Some(Iova(iova)), MapFlags::RW)
     };
     map(at, 2 * p).expect("MAP");
     for (iova, len) in [
@@ -151,8 +165,8 @@ fn map_over_an_existing_mapping_is_eexist() {
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn unmap_exact_and_all() {
     let fd = open();
-    let buf = MmapRegion::new(page() as usize).expect("mmap");
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let buf = buffer(page() as usize);
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let p = page();
     // Nothing mapped: ENOENT.
     for i in 0..10 {
@@ -161,7 +175,7 @@ fn unmap_exact_and_all() {
     }
     for i in 0..10 {
         // SAFETY: `buf` outlives the IOAS.
-        unsafe { ioas.map_user(Some(Iova(BASE + i * p)), buf.as_ptr(), p, MapFlags::RW) }
+        unsafe { ioas.map_user(buf.as_ptr(), p, Some(Iova(BASE + i * p)), MapFlags::RW) }
             .expect("MAP");
     }
     for i in 0..10 {
@@ -169,7 +183,7 @@ fn unmap_exact_and_all() {
     }
     for i in 0..4 {
         // SAFETY: as above.
-        unsafe { ioas.map_user(Some(Iova(BASE + i * p)), buf.as_ptr(), p, MapFlags::RW) }
+        unsafe { ioas.map_user(buf.as_ptr(), p, Some(Iova(BASE + i * p)), MapFlags::RW) }
             .expect("MAP");
     }
     assert_eq!(ioas.unmap_all().expect("UNMAP all"), 4 * p);
@@ -183,12 +197,12 @@ fn unmap_exact_and_all() {
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn unmap_cannot_split_a_mapping() {
     let fd = open();
-    let buf = MmapRegion::new(2 * page() as usize).expect("mmap");
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let buf = buffer(2 * page() as usize);
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let p = page();
     let at = Iova(BASE + 16 * p);
     // SAFETY: `buf` outlives the IOAS.
-    unsafe { ioas.map_user(Some(at), buf.as_ptr(), 2 * p, MapFlags::RW) }.expect("MAP");
+    unsafe { ioas.map_user(buf.as_ptr(), 2 * p, Some(at), MapFlags::RW) }.expect("MAP");
     for (iova, len) in [(at, p), (at.checked_add(p).expect("iova"), p)] {
         match ioas.unmap(iova, len) {
             Err(Error::UnmapSplit {
@@ -209,16 +223,16 @@ fn unmap_cannot_split_a_mapping() {
 fn unmap_fully_contained_areas() {
     let fd = open();
     let p = page();
-    let buf = MmapRegion::new(8 * p as usize).expect("mmap");
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let buf = buffer(8 * p as usize);
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let base = BASE + 4 * p;
     for i in 0..4 {
         // SAFETY: `buf` outlives the IOAS.
         unsafe {
             ioas.map_user(
-                Some(Iova(base + i * 16 * p)),
                 buf.as_ptr(),
                 8 * p,
+                Some(Iova(base + i * 16 * p)),
                 MapFlags::RW,
             )
         }
@@ -243,38 +257,38 @@ fn unmap_fully_contained_areas() {
 fn copy_within_and_between_ioases() {
     let fd = open();
     let p = page();
-    let buf = MmapRegion::new(2 * p as usize).expect("mmap");
-    let src = fd.alloc_ioas().expect("IOAS_ALLOC");
-    let dst = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let buf = buffer(2 * p as usize);
+    let src = Ioas::alloc(&fd).expect("IOAS_ALLOC");
+    let dst = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     // SAFETY: `buf` outlives both IOASes, so copies of its mapping stay valid.
     unsafe {
-        src.map_user(Some(Iova(BASE)), buf.as_ptr(), 2 * p, MapFlags::RW)
+        src.map_user(buf.as_ptr(), 2 * p, Some(Iova(BASE)), MapFlags::RW)
             .expect("MAP");
         // Inside one IOAS, to a fixed IOVA.
         let at = src
             .copy_from(
                 &src,
                 Iova(BASE),
-                Some(Iova(BASE + 4 * p)),
                 2 * p,
+                Some(Iova(BASE + 4 * p)),
                 MapFlags::RW,
             )
             .expect("COPY inside");
         assert_eq!(at, Iova(BASE + 4 * p));
         // To another IOAS, at a kernel-chosen IOVA.
         let at = dst
-            .copy_from(&src, Iova(BASE), None, 2 * p, MapFlags::READ)
+            .copy_from(&src, Iova(BASE), 2 * p, None, MapFlags::READ)
             .expect("COPY between");
         assert_eq!(dst.unmap(at, 2 * p).expect("UNMAP copy"), 2 * p);
         // Part of a mapping may be copied (copy_sweep)...
         let part = dst
-            .copy_from(&src, Iova(BASE + p), None, p, MapFlags::RW)
+            .copy_from(&src, Iova(BASE + p), p, None, MapFlags::RW)
             .expect("COPY of part of a mapping");
         assert_eq!(dst.unmap(part, p).expect("UNMAP part"), p);
         // ...but every byte of the source range must be mapped.
-        let e = dst.copy_from(&src, Iova(BASE + p), None, 2 * p, MapFlags::RW);
+        let e = dst.copy_from(&src, Iova(BASE + p), 2 * p, None, MapFlags::RW);
         assert_errno(e, libc::ENOENT);
-        let e = dst.copy_from(&src, Iova(BASE + 64 * p), None, p, MapFlags::RW);
+        let e = dst.copy_from(&src, Iova(BASE + 64 * p), p, None, MapFlags::RW);
         assert_errno(e, libc::ENOENT);
     }
 }
@@ -283,7 +297,7 @@ fn copy_within_and_between_ioases() {
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn iova_ranges_of_an_ioas_without_devices() {
     let fd = open();
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let r = ioas.iova_ranges().expect("IOVA_RANGES");
     assert_eq!(r.ranges, [IovaRange::FULL]);
     assert_eq!(r.alignment, 1);
@@ -295,18 +309,14 @@ fn iova_ranges_of_an_ioas_without_devices() {
 fn allow_iovas_steers_kernel_chosen_iovas() {
     let fd = open();
     let p = page();
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let allowed = IovaRange::new(Iova(200 * p), Iova(600 * p - 1)).expect("range");
     ioas.allow_iovas(&[allowed]).expect("ALLOW_IOVAS");
     let mut maps = Vec::new();
     for i in 1..=10u64 {
         let len = i * p;
         let m = ioas
-            .map_owned(
-                MmapRegion::new(len as usize).expect("mmap"),
-                None,
-                MapFlags::RW,
-            )
+            .map(buffer(len as usize), None, MapFlags::RW)
             .expect("MAP auto");
         let r = IovaRange::from_len(m.iova(), len).expect("range");
         assert!(allowed.contains_range(&r), "{r} outside {allowed}");
@@ -328,15 +338,16 @@ fn allow_iovas_steers_kernel_chosen_iovas() {
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn huge_pages_option() {
     let fd = open();
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
-    assert!(
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
+    assert_eq!(
         ioas.huge_pages().expect("GET"),
+        HugePages::Allowed,
         "huge pages are on by default"
     );
-    ioas.set_huge_pages(false).expect("SET 0");
-    assert!(!ioas.huge_pages().expect("GET"));
-    ioas.set_huge_pages(true).expect("SET 1");
-    assert!(ioas.huge_pages().expect("GET"));
+    ioas.set_huge_pages(HugePages::Split).expect("SET 0");
+    assert_eq!(ioas.huge_pages().expect("GET"), HugePages::Split);
+    ioas.set_huge_pages(HugePages::Allowed).expect("SET 1");
+    assert_eq!(ioas.huge_pages().expect("GET"), HugePages::Allowed);
 }
 
 #[test]
@@ -345,26 +356,27 @@ fn huge_pages_off_requires_page_alignment() {
     // ioas_align_change, without a domain.
     let fd = open();
     let p = page();
-    let buf = MmapRegion::new(2 * p as usize).expect("mmap");
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let buf = buffer(2 * p as usize);
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     // SAFETY: `buf` outlives the IOAS.
     let map = |va_off: u64, iova: u64| unsafe {
         ioas.map_user(
-            Some(Iova(iova)),
             buf.as_ptr().add(va_off as usize),
             p,
+            Some(Iova(iova)),
             MapFlags::RW,
         )
     };
     map(0, BASE).expect("MAP aligned");
-    ioas.set_huge_pages(false)
+    ioas.set_huge_pages(HugePages::Split)
         .expect("PAGE_SIZE alignment with aligned mappings");
     // Now a mapping whose VA is not page aligned is refused.
     assert_errno(map(p / 2, BASE + p), libc::EINVAL);
-    ioas.set_huge_pages(true).expect("back to any alignment");
+    ioas.set_huge_pages(HugePages::Allowed)
+        .expect("back to any alignment");
     map(p / 2, BASE + p).expect("MAP misaligned VA");
     // ... and the misaligned mapping prevents turning huge pages off.
-    assert_errno(ioas.set_huge_pages(false), libc::EADDRINUSE);
+    assert_errno(ioas.set_huge_pages(HugePages::Split), libc::EADDRINUSE);
     ioas.unmap(Iova(BASE + p), p).expect("UNMAP");
     ioas.unmap(Iova(BASE), p).expect("UNMAP");
 }
@@ -374,7 +386,7 @@ fn huge_pages_off_requires_page_alignment() {
 fn map_file_of_a_memfd() {
     let fd = open();
     let p = page();
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let file = memfd(4 * p);
     if !fd.probe().supports(Command::IoasMapFile) {
         // Before 6.13: the typed "unsupported" error, not a generic failure.
@@ -409,13 +421,9 @@ fn change_process_refuses_user_mappings() {
     }
     fd.change_process()
         .expect("CHANGE_PROCESS with no mappings");
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let _m = ioas
-        .map_owned(
-            MmapRegion::new(page() as usize).expect("mmap"),
-            None,
-            MapFlags::RW,
-        )
+        .map(buffer(page() as usize), None, MapFlags::RW)
         .expect("MAP");
     assert_errno(fd.change_process(), libc::EINVAL);
 }
@@ -424,25 +432,21 @@ fn change_process_refuses_user_mappings() {
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn mapping_unmap_returns_the_memory() {
     let fd = open();
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let m = ioas
-        .map_owned(
-            MmapRegion::new(page() as usize).expect("mmap"),
-            Some(Iova(BASE)),
-            MapFlags::RW,
-        )
+        .map(buffer(page() as usize), Some(Iova(BASE)), MapFlags::RW)
         .expect("MAP");
-    m.region().write_at(0, b"dma").expect("write");
+    assert!(m.is_mapped());
+    m.memory().write_at(0, b"dma");
     let region = m.unmap().expect("UNMAP");
-    let mut b = [0u8; 3];
-    region.read_at(0, &mut b).expect("read");
-    assert_eq!(&b, b"dma");
+    assert_eq!(region.read_at(0, 3), b"dma");
     // The IOVA is free again.
     let again = ioas
-        .map_owned(region, Some(Iova(BASE)), MapFlags::RW)
+        .map(region, Some(Iova(BASE)), MapFlags::RW)
         .expect("MAP again at the same IOVA");
     // A mapping already removed by unmap_all drops quietly.
     assert_eq!(ioas.unmap_all().expect("UNMAP all"), page());
+    assert!(!again.is_mapped());
     drop(again);
 }
 
@@ -453,11 +457,11 @@ fn ioas_iova_alloc_takes_any_length() {
     // page-sized or not, gets a kernel-chosen IOVA and unmaps again.
     let fd = open();
     let p = page();
-    let buf = MmapRegion::new(2 * p as usize).expect("mmap");
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let buf = buffer(2 * p as usize);
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     for len in 1..2 * p {
         // SAFETY: `buf` outlives the IOAS; the range is unmapped right away.
-        let iova = unsafe { ioas.map_user(None, buf.as_ptr(), len, MapFlags::RW) }
+        let iova = unsafe { ioas.map_user(buf.as_ptr(), len, None, MapFlags::RW) }
             .unwrap_or_else(|e| panic!("MAP of {len} bytes: {e}"));
         assert_eq!(ioas.unmap(iova, len).expect("UNMAP"), len);
     }
@@ -473,24 +477,24 @@ fn copy_sweep_over_a_mapping() {
     let fd = open();
     let p = page();
     let buffer_size = 16 * p;
-    let buf = MmapRegion::new(buffer_size as usize).expect("mmap");
-    let src = fd.alloc_ioas().expect("IOAS_ALLOC");
-    let dst = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let buf = buffer(buffer_size as usize);
+    let src = Ioas::alloc(&fd).expect("IOAS_ALLOC");
+    let dst = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let last = BASE + buffer_size - 2;
     // SAFETY: `buf` outlives both IOASes (declared before them), so the copies of
     // its mapping stay valid until the IOASes are destroyed.
     unsafe {
         src.map_user(
-            Some(Iova(BASE)),
             buf.as_ptr(),
             last - BASE + 1,
+            Some(Iova(BASE)),
             MapFlags::RW,
         )
         .expect("MAP");
         let (mut copied, mut refused) = (0, 0);
         let mut iova = BASE - p;
         while iova <= last {
-            let r = dst.copy_from(&src, Iova(iova), Some(Iova(BASE)), WINDOW, MapFlags::WRITE);
+            let r = dst.copy_from(&src, Iova(iova), WINDOW, Some(Iova(BASE)), MapFlags::WRITE);
             if iova < BASE || iova + WINDOW - 1 > last {
                 assert_errno(r, libc::ENOENT);
                 refused += 1;

@@ -7,10 +7,43 @@ mod common;
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use common::{assert_errno, kernel_version, open, parse_version};
+use common::{assert_errno, kernel_version, memfd, open, parse_version};
 use iommufd::{
-    Command, DeviceId, Error, Hwpt, HwptFlags, Iommufd, Iova, MapFlags, MmapRegion, RlimitMode,
+    Binding, Command, Device, Error, Hwpt, HwptFlags, Ioas, Iommufd, Iova, MapFlags, RlimitMode,
 };
+use iommufd_lab::mem::buffer;
+
+/// The binding of a [`Device`] that no binding layer backs: attach and detach fail
+/// without a system call.
+#[derive(Debug)]
+struct Unbacked;
+
+impl Binding for Unbacked {
+    fn attach(&self, _pasid: Option<u32>, _pt: u32, _replace: bool) -> iommufd::Result<u32> {
+        Err(Error::from_errno(
+            "attach",
+            "an unbacked device",
+            libc::ENODEV,
+        ))
+    }
+
+    fn detach(&self, _pasid: Option<u32>) -> iommufd::Result<()> {
+        Err(Error::from_errno(
+            "detach",
+            "an unbacked device",
+            libc::ENODEV,
+        ))
+    }
+}
+
+/// A `Device` of `fd` under the kernel id `id` that nothing bound: ids cannot be
+/// made from numbers any more, so this is how a test names a device id the kernel
+/// does not know, or gets a device of a given file for the crate's own checks.
+/// It is never attached, so dropping it sends nothing to the kernel.
+fn unbacked_device(fd: &Iommufd, id: u32, label: u64) -> Device {
+    let label = fd.reserve_label(label).expect("a free label");
+    Device::new(label, id, "unbacked", Box::new(Unbacked), None)
+}
 
 #[test]
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
@@ -54,7 +87,7 @@ fn rlimit_mode() {
     fd.set_rlimit_mode(RlimitMode::User).expect("SET user");
     assert_eq!(fd.rlimit_mode().expect("GET"), RlimitMode::User);
     // Only while the file has no objects.
-    let _ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let _ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     assert_errno(fd.set_rlimit_mode(RlimitMode::Process), libc::EBUSY);
 }
 
@@ -64,36 +97,39 @@ fn two_iommufds_are_isolated() {
     let a = open();
     let b = open();
     let p = common::page();
-    let ioas_a = a.alloc_ioas().expect("IOAS_ALLOC a");
+    let ioas_a = Ioas::alloc(&a).expect("IOAS_ALLOC a");
     // The id of an object of `a` means nothing in `b`.
     assert_errno(b.destroy_raw(ioas_a.id().raw()), libc::ENOENT);
-    let ioas_b = b.alloc_ioas().expect("IOAS_ALLOC b");
+    let ioas_b = Ioas::alloc(&b).expect("IOAS_ALLOC b");
+    // Both files number their objects from 1: equal numbers, different ids.
+    assert_eq!(ioas_a.id().raw(), ioas_b.id().raw());
+    assert_ne!(ioas_a.id(), ioas_b.id());
     // Each file maps the same IOVA independently.
     let ma = ioas_a
-        .map_owned(
-            MmapRegion::new(p as usize).expect("mmap"),
-            Some(Iova(1 << 24)),
-            MapFlags::RW,
-        )
+        .map(buffer(p as usize), Some(Iova(1 << 24)), MapFlags::RW)
         .expect("MAP a");
     let mb = ioas_b
-        .map_owned(
-            MmapRegion::new(p as usize).expect("mmap"),
-            Some(Iova(1 << 24)),
-            MapFlags::RW,
-        )
+        .map(buffer(p as usize), Some(Iova(1 << 24)), MapFlags::RW)
         .expect("MAP b");
     assert_eq!(ma.iova(), mb.iova());
     // Using an object of `a` with `b` is refused before the kernel sees it.
     // SAFETY: refused before the kernel; nothing is copied.
-    let e = unsafe { ioas_b.copy_from(&ioas_a, Iova(1 << 24), None, p, MapFlags::RW) }.unwrap_err();
+    let e = unsafe { ioas_b.copy_from(&ioas_a, Iova(1 << 24), p, None, MapFlags::RW) }.unwrap_err();
     assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
-    let e = Hwpt::alloc(&b, DeviceId::from_raw(1), &ioas_a, HwptFlags::empty()).unwrap_err();
+    // A device of `b` (unbacked: these checks come before any kernel call) with the
+    // IOAS of `a`.
+    let dev_b = unbacked_device(&b, 1, 0xb);
+    let e = Hwpt::alloc(&ioas_a, &dev_b, HwptFlags::empty()).unwrap_err();
     assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
-    // Closing `a` (after its objects) leaves `b` untouched.
+    let e = dev_b.attach(&ioas_a).unwrap_err();
+    assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
+    drop(dev_b);
+    // Closing `a` leaves `b` untouched; the objects of `a` keep `a` open until they
+    // go, whatever the order.
+    drop(a);
+    ioas_a.iova_ranges().expect("the IOAS keeps its file open");
     drop(ma);
     drop(ioas_a);
-    drop(a);
     assert_eq!(ioas_b.iova_ranges().expect("IOVA_RANGES b").ranges.len(), 1);
 }
 
@@ -103,18 +139,23 @@ fn a_passed_fd_works_like_an_opened_one() {
     let fd = open();
     // What a privileged helper would send over SCM_RIGHTS: a duplicate of the fd.
     let dup: OwnedFd = fd.as_fd().try_clone_to_owned().expect("dup");
-    let passed = Iommufd::from_owned_fd(dup);
+    let passed = Iommufd::from_owned_fd(dup).expect("a duplicate of /dev/iommu is the iommufd");
     // Same file, same objects.
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     let id = ioas.into_id();
     passed
         .destroy_raw(id.raw())
         .expect("DESTROY through the duplicate");
     // But handles of one `Iommufd` are not accepted by the other: the library cannot
     // know the two share a file.
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
-    let e = Hwpt::alloc(&passed, DeviceId::from_raw(1), &ioas, HwptFlags::empty()).unwrap_err();
+    assert!(!passed.same_file(&fd));
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
+    let dev = unbacked_device(&passed, 1, 0x1);
+    let e = Hwpt::alloc(&ioas, &dev, HwptFlags::empty()).unwrap_err();
     assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
+    // Any other file is refused before a command is sent to it.
+    let e = Iommufd::from_owned_fd(OwnedFd::from(memfd(common::page()))).unwrap_err();
+    assert!(matches!(e, Error::NotIommufd { .. }), "{e}");
 }
 
 #[test]
@@ -122,8 +163,8 @@ fn a_passed_fd_works_like_an_opened_one() {
 fn closing_the_file_frees_leaked_objects() {
     let fd = open();
     let dup: OwnedFd = fd.as_fd().try_clone_to_owned().expect("dup");
-    let keeper = Iommufd::from_owned_fd(dup);
-    let id = fd.alloc_ioas().expect("IOAS_ALLOC").into_id();
+    let keeper = Iommufd::from_owned_fd(dup).expect("a duplicate of /dev/iommu is the iommufd");
+    let id = Ioas::alloc(&fd).expect("IOAS_ALLOC").into_id();
     // Still there while any fd of the file is open.
     drop(fd);
     keeper.destroy_raw(id.raw()).expect("DESTROY");
@@ -133,18 +174,26 @@ fn closing_the_file_frees_leaked_objects() {
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn errors_name_the_operation_and_object() {
     let fd = open();
-    let e = fd.hw_info(DeviceId::from_raw(12345)).unwrap_err();
+    // A device id the kernel never handed out.
+    let ghost = unbacked_device(&fd, 12345, 0x1234);
+    assert!(!fd.has_device(ghost.id()).expect("GET_HW_INFO probe"));
+    let e = ghost.hw_info().unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
     assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
     let text = e.to_string();
     assert!(
         text.contains("IOMMU_GET_HW_INFO") && text.contains("device 12345"),
         "{text}"
     );
-    let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+    let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
     // HWPT_ALLOC for a device that does not exist.
-    let e = Hwpt::alloc(&fd, DeviceId::from_raw(12345), &ioas, HwptFlags::empty()).unwrap_err();
+    let e = Hwpt::alloc(&ioas, &ghost, HwptFlags::empty()).unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
     assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
     assert!(!e.is_unsupported());
     let text = e.to_string();
-    assert!(text.contains("IOMMU_HWPT_ALLOC"), "{text}");
+    assert!(
+        text.contains("IOMMU_HWPT_ALLOC") && text.contains("device 12345"),
+        "{text}"
+    );
 }

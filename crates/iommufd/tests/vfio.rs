@@ -6,18 +6,63 @@
 mod common;
 
 mod vfio {
+    use std::io;
     use std::os::fd::AsFd;
+    use std::sync::Arc;
 
-    use super::common::{open, page};
+    use super::common::{assert_errno, memfd, open, page};
     use iommufd::{
-        DeviceId, HwCapabilities, HwInfoData, Hwpt, HwptFlags, Iova, MapFlags, MmapRegion,
+        Binding, Device, Error, HwCapabilities, HwInfoData, Hwpt, HwptFlags, Ioas, Iommufd, Iova,
+        MapFlags,
     };
     use iommufd_lab::edu::{EDU_DMA_LIMIT, EDU_MAX_TRANSFER, Edu};
+    use iommufd_lab::mem::{RegionBytes, buffer};
     use iommufd_lab::pci;
     use iommufd_lab::vfio::VfioDevice;
 
     /// The VT-d interrupt remapping window, reserved in every IOAS a VT-d device uses.
     const MSI_WINDOW: Iova = Iova(0xfee0_0000);
+
+    /// The label the test binds the edu device under (a guest BDF, say).
+    const LABEL: u64 = 0x28;
+
+    /// The lab's raw VFIO cdev as the binding of an [`iommufd::Device`]: attach and
+    /// detach through the cdev's ioctls. The device is unbound when the last `Arc`
+    /// of the cdev (and every BAR mapping of it) is gone.
+    #[derive(Debug)]
+    struct LabBinding(Arc<VfioDevice>);
+
+    /// An error of the cdev's ioctls, in the crate's terms.
+    fn vfio_error(op: &'static str, e: &io::Error) -> Error {
+        Error::from_errno(op, "the edu cdev", e.raw_os_error().unwrap_or(libc::EIO))
+    }
+
+    impl Binding for LabBinding {
+        fn attach(&self, pasid: Option<u32>, pt: u32, _replace: bool) -> iommufd::Result<u32> {
+            const OP: &str = "VFIO_DEVICE_ATTACH_IOMMUFD_PT";
+            if pasid.is_some() {
+                // The lab's raw helper attaches whole devices only.
+                return Err(Error::from_errno(OP, "the edu cdev", libc::EOPNOTSUPP));
+            }
+            self.0.attach(pt).map_err(|e| vfio_error(OP, &e))
+        }
+
+        fn detach(&self, pasid: Option<u32>) -> iommufd::Result<()> {
+            const OP: &str = "VFIO_DEVICE_DETACH_IOMMUFD_PT";
+            if pasid.is_some() {
+                return Err(Error::from_errno(OP, "the edu cdev", libc::EOPNOTSUPP));
+            }
+            self.0.detach().map_err(|e| vfio_error(OP, &e))
+        }
+    }
+
+    /// Binds the cdev to `fd` (`VFIO_DEVICE_BIND_IOMMUFD`) under `label`, as a
+    /// binding layer does: the label first, then the bind, then the `Device`.
+    fn bind(fd: &Iommufd, cdev: &Arc<VfioDevice>, label: u64, name: &str) -> Device {
+        let label = fd.reserve_label(label).expect("a free label");
+        let id = cdev.bind(fd.as_fd()).expect("BIND_IOMMUFD");
+        Device::new(label, id, name, Box::new(LabBinding(cdev.clone())), None)
+    }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
@@ -29,13 +74,16 @@ mod vfio {
     #[ignore = "guest lab: needs /dev/iommu, VT-d and an edu device (cargo xtask vmtest)"]
     fn edu_dma_through_an_owned_mapping() {
         let fd = open();
-        let ioas = fd.alloc_ioas().expect("IOAS_ALLOC");
+        let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
         let pci = pci::isolated_edu().expect("an edu device alone in its group");
-        let dev = VfioDevice::open(&pci.vfio_cdev().expect("cdev")).expect("open cdev");
-        let dev_id = DeviceId::from_raw(dev.bind(fd.as_fd()).expect("BIND_IOMMUFD"));
+        let cdev = Arc::new(VfioDevice::open(&pci.vfio_cdev().expect("cdev")).expect("open cdev"));
+        let dev = bind(&fd, &cdev, LABEL, pci.bdf());
+        assert_eq!(fd.device_by_label(LABEL), Some(dev.id()));
+        assert_eq!(fd.label_of(dev.id()), Some(LABEL));
 
         // The real IOMMU's registers, decoded.
-        let info = fd.hw_info(dev_id).expect("GET_HW_INFO");
+        let info = dev.hw_info().expect("GET_HW_INFO");
+        assert_eq!((info.device, info.label), (dev.id(), LABEL));
         match info.data {
             HwInfoData::IntelVtd {
                 cap_reg, ecap_reg, ..
@@ -48,7 +96,7 @@ mod vfio {
         assert_eq!(info.data_type, 1);
 
         // Dirty tracking: allocatable exactly when the IOMMU says so.
-        let dirty = Hwpt::alloc(&fd, dev_id, &ioas, HwptFlags::DIRTY_TRACKING);
+        let dirty = Hwpt::alloc(&ioas, &dev, HwptFlags::DIRTY_TRACKING);
         if info.capabilities.contains(HwCapabilities::DIRTY_TRACKING) {
             let hwpt = dirty.expect("HWPT_ALLOC with DIRTY_TRACKING on a capable IOMMU");
             hwpt.destroy().expect("DESTROY");
@@ -58,11 +106,8 @@ mod vfio {
         }
 
         // An explicitly allocated HWPT, with the device attached to it.
-        let hwpt = Hwpt::alloc(&fd, dev_id, &ioas, HwptFlags::empty()).expect("HWPT_ALLOC");
-        assert_eq!(
-            dev.attach(hwpt.id().raw()).expect("ATTACH"),
-            hwpt.id().raw()
-        );
+        let hwpt = Hwpt::alloc(&ioas, &dev, HwptFlags::empty()).expect("HWPT_ALLOC");
+        assert_eq!(dev.attach(&hwpt).expect("ATTACH"), hwpt.id());
 
         // The IOMMU narrows the IOAS: its page size, and no MSI window.
         let ranges = ioas.iova_ranges().expect("IOVA_RANGES");
@@ -70,23 +115,15 @@ mod vfio {
         assert!(ranges.ranges.len() >= 2, "{:?}", ranges.ranges);
         assert!(!ranges.ranges.iter().any(|r| r.contains(MSI_WINDOW)));
         let over_msi = ioas
-            .map_owned(
-                MmapRegion::new(page() as usize).expect("mmap"),
-                Some(MSI_WINDOW),
-                MapFlags::RW,
-            )
+            .map(buffer(page() as usize), Some(MSI_WINDOW), MapFlags::RW)
             .is_err();
         assert!(over_msi, "mapping over the MSI window must fail");
 
-        let edu = Edu::new(&dev).expect("edu BAR0");
+        let edu = Edu::new(&cdev).expect("edu BAR0");
         assert!(edu.alive());
         let iova = Iova(0x20_0000);
         let m = ioas
-            .map_owned(
-                MmapRegion::new(8192).expect("mmap"),
-                Some(iova),
-                MapFlags::RW,
-            )
+            .map(buffer(8192), Some(iova), MapFlags::RW)
             .expect("MAP");
         assert!(iova.raw() + m.len() <= EDU_DMA_LIMIT);
         assert!(ranges.can_map(iova, m.len()));
@@ -94,21 +131,20 @@ mod vfio {
         // RAM -> device -> RAM through the IOMMU.
         let len = EDU_MAX_TRANSFER as usize;
         let data = pattern(len, 11);
-        m.region().write_at(0, &data).expect("write");
+        m.memory().write_at(0, &data);
         edu.dma_from_memory(iova.raw(), 0, len as u64)
             .expect("DMA to the device");
         edu.dma_to_memory(0, iova.raw() + 4096, len as u64)
             .expect("DMA to memory");
-        let mut back = vec![0u8; len];
-        m.region().read_at(4096, &mut back).expect("read");
+        let back = m.memory().read_at(4096, len);
         assert_eq!(back, data, "the device wrote back something else");
 
         // Once the mapping is gone, the device's writes reach nothing.
         let region = m.unmap().expect("UNMAP");
-        region.write_at(4096, &vec![0u8; len]).expect("write");
+        region.write_at(4096, &vec![0u8; len]);
         edu.dma_to_memory(0, iova.raw() + 4096, len as u64)
             .expect("DMA to an unmapped IOVA completes on the device side");
-        region.read_at(4096, &mut back).expect("read");
+        let back = region.read_at(4096, len);
         assert!(
             back.iter().all(|&b| b == 0),
             "DMA reached memory after unmap"
@@ -117,7 +153,7 @@ mod vfio {
         // A file mapping is as good for DMA.
         if fd.probe().supports(iommufd::Command::IoasMapFile) {
             use std::os::unix::fs::FileExt;
-            let file = super::common::memfd(8192);
+            let file = memfd(8192);
             file.write_all_at(&data, 0).expect("pwrite");
             let at = ioas
                 .map_file(&file, 0, 8192, Some(iova), MapFlags::RW)
@@ -132,11 +168,20 @@ mod vfio {
             ioas.unmap(at, 8192).expect("UNMAP");
         }
 
-        // The HWPT is busy while the device uses it.
-        super::common::assert_errno(fd.destroy_raw(hwpt.id().raw()), libc::EBUSY);
+        // The HWPT is busy while the device uses it: the kernel refuses to destroy it...
+        assert_errno(fd.destroy_raw(hwpt.id().raw()), libc::EBUSY);
+        // ...and the crate does not even ask: the attached device holds the HWPT.
+        let refused = hwpt.destroy().expect_err("the device holds the HWPT");
+        assert!(
+            matches!(refused.error, Error::InUse { .. }),
+            "{}",
+            refused.error
+        );
+        let hwpt = refused.object;
         dev.detach().expect("DETACH");
         drop(edu);
         drop(dev);
+        drop(cdev);
         hwpt.destroy().expect("DESTROY HWPT after detach");
         ioas.destroy().expect("DESTROY IOAS");
     }
