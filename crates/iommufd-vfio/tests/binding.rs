@@ -3,55 +3,20 @@
 //!
 //! Ignored on the host; `cargo xtask vmtest` runs them in the guest with `--ignored`.
 
+mod common;
+
 mod vfio {
-    use std::os::fd::AsFd;
+    use super::common::{bind_isolated, edu, isolated, open, pattern};
 
     use iommufd::{Ioas, Iommufd, Iova, MapFlags, Mapping, PageTable};
     use iommufd_lab::edu::{EDU_MAX_TRANSFER, Edu};
     use iommufd_lab::mem::{self, RegionBytes};
     use iommufd_lab::pci;
-    use iommufd_lab::vfio::VfioDevice as LabDevice;
     use iommufd_vfio::{BoundDevice, GroupError, PciAddress, Sysfs, VfioDevice};
     use vm_memory::MmapRegion;
 
     const LEN: usize = EDU_MAX_TRANSFER as usize;
     const IOVA: Iova = Iova(0x40_0000);
-
-    fn open() -> Iommufd {
-        assert!(
-            std::path::Path::new("/dev/iommu").exists(),
-            "/dev/iommu is missing: this test must run in the guest lab (cargo xtask vmtest)"
-        );
-        Iommufd::open().expect("open /dev/iommu")
-    }
-
-    fn isolated() -> PciAddress {
-        let d = pci::isolated_edu().expect("an edu device alone in its group");
-        d.bdf().parse().expect("PCI address")
-    }
-
-    /// Opens the isolated edu device through sysfs and binds it under `label`.
-    fn bind_isolated(fd: &Iommufd, label: u64) -> BoundDevice {
-        VfioDevice::open_pci(&Sysfs::default(), isolated())
-            .expect("open")
-            .bind(fd, label)
-            .expect("bind")
-    }
-
-    fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed))
-            .collect()
-    }
-
-    /// The edu driver of the lab, on a duplicate of the bound device's fd. The dup is
-    /// closed again at once, but the `Edu` keeps BAR0 mapped, and that mapping keeps
-    /// the cdev's open file, and so the binding, alive: drop the `Edu` before the
-    /// device is expected to be unbound.
-    fn edu(dev: &BoundDevice) -> Edu {
-        let fd = dev.as_fd().try_clone_to_owned().expect("dup device fd");
-        Edu::new(&LabDevice::from_owned_fd(fd)).expect("edu BAR0")
-    }
 
     fn buffer(fill: u8) -> MmapRegion {
         let r = mem::buffer(8192);

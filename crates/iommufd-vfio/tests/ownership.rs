@@ -7,24 +7,25 @@
 //!
 //! The guest-lab tests are ignored on the host; `cargo xtask vmtest` runs them.
 
+mod common;
+
 use std::fs::File;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
+use common::{bind_isolated, edu, isolated, open, pattern};
 use iommufd::vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
 };
 use iommufd::{
-    Error as CoreError, FileRange, GuestMemoryMapping, Hwpt, HwptFlags, Ioas, Iommufd, Iova,
-    MapFlags, MapMethod, Mapping,
+    Command, DmaMemory, Error as CoreError, FileRange, GuestMemoryMapping, Hwpt, HwptFlags, Ioas,
+    Iommufd, Iova, MapFlags, MapMethod, Mapping,
 };
 use iommufd_lab::edu::{EDU_MAX_TRANSFER, Edu};
 use iommufd_lab::logs;
 use iommufd_lab::mem::RegionBytes;
-use iommufd_lab::pci;
-use iommufd_lab::vfio::VfioDevice as LabDevice;
-use iommufd_vfio::{BoundDevice, Error, PciAddress, Sysfs, VfioDevice};
+use iommufd_vfio::{BoundDevice, Error, Sysfs, VfioDevice};
 
 /// What a VMM keeps for the life of a VM with one passthrough device. It must be
 /// storable behind `Arc<Mutex<..>>` and movable into a thread.
@@ -34,7 +35,7 @@ struct DeviceManager {
     ram: GuestMemoryMapping,
     hwpts: Vec<Hwpt>,
     devices: Vec<BoundDevice>,
-    extra: Vec<Mapping<FileRange>>,
+    extra: Vec<Mapping<Box<dyn DmaMemory>>>,
 }
 
 fn send_sync_static<T: Send + Sync + 'static>() {}
@@ -52,33 +53,6 @@ fn a_device_manager_can_be_shared_with_threads() {
     let _ = spawnable;
 }
 
-fn open() -> Iommufd {
-    assert!(
-        std::path::Path::new("/dev/iommu").exists(),
-        "/dev/iommu is missing: this test must run in the guest lab (cargo xtask vmtest)"
-    );
-    Iommufd::open().expect("open /dev/iommu")
-}
-
-fn isolated() -> PciAddress {
-    let d = pci::isolated_edu().expect("an edu device alone in its group");
-    d.bdf().parse().expect("PCI address")
-}
-
-fn bind(fd: &Iommufd, label: u64) -> BoundDevice {
-    VfioDevice::open_pci(&Sysfs::default(), isolated())
-        .expect("open the edu cdev")
-        .bind(fd, label)
-        .expect("VFIO_DEVICE_BIND_IOMMUFD")
-}
-
-/// The lab's edu driver on a dup of the bound device's fd (the dup is closed at
-/// once; the BAR mapping the driver keeps is a reference to the bound file).
-fn edu(dev: &BoundDevice) -> Edu {
-    let fd = dev.as_fd().try_clone_to_owned().expect("dup device fd");
-    Edu::new(&LabDevice::from_owned_fd(fd)).expect("edu BAR0")
-}
-
 fn memfd(len: u64, fill: u8) -> File {
     // SAFETY: memfd_create with a NUL-terminated name creates a new fd or fails.
     let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
@@ -89,12 +63,6 @@ fn memfd(len: u64, fill: u8) -> File {
     file.write_all_at(&vec![fill; len as usize], 0)
         .expect("fill the file");
     file
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
 }
 
 /// Copies `len` bytes at GPA `src` through the device to GPA `dst`.
@@ -147,7 +115,7 @@ fn any_drop_order_leaves_nothing_behind() {
     for (k, order) in orders.iter().enumerate() {
         let keep = open();
         let fd = keep.clone();
-        let dev = bind(&fd, 0x20);
+        let dev = bind_isolated(&fd, 0x20);
         let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
         let hwpt = Hwpt::alloc(&ioas, &dev, HwptFlags::empty()).expect("HWPT_ALLOC");
         dev.attach(&hwpt).expect("attach");
@@ -204,16 +172,23 @@ fn a_device_manager_works_and_tears_down_in_another_thread() {
     let ram = ioas
         .map_guest_memory(&guest, MapFlags::RW)
         .expect("map guest RAM");
-    let dev = bind(&fd, 0x28);
+    let dev = bind_isolated(&fd, 0x28);
     let hwpt = Hwpt::alloc(&ioas, &dev, HwptFlags::empty()).expect("HWPT_ALLOC");
     dev.attach(&hwpt).expect("attach");
-    let extra = ioas
-        .map(
-            FileRange::new(memfd(1 << 16, 0x5a), 0, 1 << 16).expect("range"),
-            Some(Iova(8 << 20)),
-            MapFlags::READ,
+    // A memfd range the kernel maps by file (Linux 6.13), else a shared mapping of
+    // the memfd, mapped by file where possible and by address otherwise.
+    let memory: Box<dyn DmaMemory> = if fd.probe().supports(Command::IoasMapFile) {
+        Box::new(FileRange::new(memfd(1 << 16, 0x5a), 0, 1 << 16).expect("range"))
+    } else {
+        Box::new(
+            MmapRegion::<()>::from_file(FileOffset::new(memfd(1 << 16, 0x5a), 0), 1 << 16)
+                .expect("mmap"),
         )
-        .expect("MAP_FILE");
+    };
+    let extra = ioas
+        .map(memory, Some(Iova(8 << 20)), MapFlags::READ)
+        .map_err(|r| r.error)
+        .expect("MAP");
     let dev_id = dev.id();
     let manager = Arc::new(Mutex::new(DeviceManager {
         iommufd: fd.clone(),
@@ -317,7 +292,7 @@ fn private_file_backed_guest_ram_is_dmaed_as_the_guest_sees_it() {
         MapMethod::UserMemory,
         "MAP_PRIVATE must be mapped by address"
     );
-    let dev = bind(&fd, 1);
+    let dev = bind_isolated(&fd, 1);
     dev.attach(&ioas).expect("attach");
     let e = edu(&dev);
     // The device reads what the guest wrote (not the file's 0xee) ...
@@ -352,7 +327,7 @@ fn private_file_backed_guest_ram_is_dmaed_as_the_guest_sees_it() {
 fn a_stale_guest_memory_handle_leaves_new_ram_mapped() {
     let fd = open();
     let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
-    let dev = bind(&fd, 2);
+    let dev = bind_isolated(&fd, 2);
     dev.attach(&ioas).expect("attach");
     let e = edu(&dev);
     let old_guest = shared_guest_ram(0x11);
@@ -389,7 +364,7 @@ fn a_stale_guest_memory_handle_leaves_new_ram_mapped() {
 #[ignore = "guest lab: needs /dev/iommu, VT-d and an edu device (cargo xtask vmtest)"]
 fn a_device_of_another_file_is_refused() {
     let (a, b) = (open(), open());
-    let dev = bind(&a, 3);
+    let dev = bind_isolated(&a, 3);
     let ioas_b = Ioas::alloc(&b).expect("IOAS_ALLOC b");
     let wrong = |e: CoreError| assert!(matches!(e, CoreError::WrongIommufd { .. }), "{e}");
     wrong(Hwpt::alloc(&ioas_b, &dev, HwptFlags::empty()).unwrap_err());
@@ -407,7 +382,7 @@ fn a_device_of_another_file_is_refused() {
 fn a_cdev_kept_open_elsewhere_keeps_the_device_bound_and_says_so() {
     let fd = open();
     let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
-    let dev = bind(&fd, 4);
+    let dev = bind_isolated(&fd, 4);
     dev.attach(&ioas).expect("attach");
     let dup = dev.as_fd().try_clone_to_owned().expect("dup");
     let e = edu(&dev); // a BAR mmap

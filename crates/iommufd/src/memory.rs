@@ -212,8 +212,9 @@ impl<'a> DmaSource<'a> {
 /// exactly as long as devices can reach it.
 ///
 /// Implemented for vm-memory's guest memory ([`GuestRegionMmap`], [`MmapRegion`],
-/// `Arc`s of both, and [`MmapSlice`], a range of one), for [`FileRange`] (part of a
-/// memfd), and by a VMM for its own memory types.
+/// and [`MmapSlice`], a range of one), for [`FileRange`] (part of a memfd), for
+/// `Arc` and `Box` of any of them (`Box<dyn DmaMemory>` keeps mappings of different
+/// kinds in one list), and by a VMM for its own memory types.
 ///
 /// # Safety
 ///
@@ -261,7 +262,15 @@ pub unsafe trait DmaMemory: Send + Sync + 'static {
 
 // SAFETY: an `Arc` keeps the value, and so its memory, alive at least as long as
 // itself; the source is the inner value's.
-unsafe impl<T: DmaMemory> DmaMemory for Arc<T> {
+unsafe impl<T: DmaMemory + ?Sized> DmaMemory for Arc<T> {
+    fn dma_source(&self) -> DmaSource<'_> {
+        (**self).dma_source()
+    }
+}
+
+// SAFETY: a `Box` owns the value, and so its memory, as long as itself; the source is
+// the inner value's. With `Box<dyn DmaMemory>` one list holds mappings of any kind.
+unsafe impl<T: DmaMemory + ?Sized> DmaMemory for Box<T> {
     fn dma_source(&self) -> DmaSource<'_> {
         (**self).dma_source()
     }
