@@ -7,12 +7,14 @@
 //! only difference is the call path. The typed paths:
 //!
 //! - `map_user`: [`Ioas::map_user`] + [`Ioas::unmap`], the thinnest wrapper;
-//! - `map_owned`: [`Ioas::map`] of an `Arc<MmapRegion>` returning a [`Mapping`] handle,
-//!   dropped to unmap: what a VMM uses, with the handle's bookkeeping (the IOAS's
-//!   registry of mappings, so a handle never unmaps a newer mapping);
+//! - `map_owned`: [`Ioas::map`] of an owned `MmapRegion`, returning a [`Mapping`]
+//!   handle that [`Mapping::unmap`] turns back into the region: what a VMM uses, with
+//!   the handle's bookkeeping (it holds its IOAS, and the IOAS's registry of mappings
+//!   lets a handle remove only its own mapping);
 //! - `map_file`: [`Ioas::map_file`] + [`Ioas::unmap`] of a memfd.
 //!
 //! [`Mapping`]: iommufd::Mapping
+//! [`Mapping::unmap`]: iommufd::Mapping::unmap
 //!
 //! Scenarios, each for 4 KiB, 2 MiB and 64 MiB:
 //!
@@ -41,7 +43,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use std::sync::Arc;
+use std::cell::RefCell;
 
 use iommufd::vm_memory::MmapRegion;
 use iommufd::{Command, Ioas, Iommufd, Iova, MapFlags, uapi};
@@ -64,19 +66,25 @@ const RATIO_BUDGET: Duration = Duration::from_millis(500);
 struct Backing {
     label: &'static str,
     len: u64,
-    region: Arc<MmapRegion>,
+    region: MmapRegion,
+    /// A region of the same size for `map_owned`, which moves it into the mapping
+    /// and back.
+    owned: RefCell<Option<MmapRegion>>,
     file: File,
 }
 
 impl Backing {
     fn new(len: u64, label: &'static str) -> Backing {
-        let region = MmapRegion::new(len as usize).expect("mmap");
-        let page = 4096;
-        for off in (0..len as usize).step_by(page) {
-            // SAFETY: `off < len`, inside the mapping `region` owns.
-            unsafe { region.as_ptr().add(off).write_volatile(1) };
-        }
-        let region = Arc::new(region);
+        let populated = || {
+            let region = MmapRegion::new(len as usize).expect("mmap");
+            for off in (0..len as usize).step_by(4096) {
+                // SAFETY: `off < len`, inside the mapping `region` owns.
+                unsafe { region.as_ptr().add(off).write_volatile(1) };
+            }
+            region
+        };
+        let region = populated();
+        let owned = RefCell::new(Some(populated()));
         // SAFETY: memfd_create with a NUL-terminated name creates a new fd or fails.
         let raw = unsafe { libc::memfd_create(c"iommufd-bench".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(raw >= 0, "memfd_create: {}", io::Error::last_os_error());
@@ -91,17 +99,22 @@ impl Backing {
             label,
             len,
             region,
+            owned,
             file,
         }
     }
 }
 
-/// Typed: `Ioas::map` of the shared region, and the handle's drop.
+/// Typed: `Ioas::map` of the owned region, and `Mapping::unmap` to get it back.
 fn typed_owned(ioas: &Ioas, b: &Backing) {
+    let region = b.owned.take().expect("the owned region is home");
     let m = ioas
-        .map(b.region.clone(), Some(BASE), MapFlags::RW)
+        .map(region, Some(BASE), MapFlags::RW)
+        .map_err(|r| r.error)
         .expect("IOMMU_IOAS_MAP");
     black_box(m.iova());
+    let region = m.unmap().map_err(|r| r.error).expect("IOMMU_IOAS_UNMAP");
+    b.owned.replace(Some(region));
 }
 
 /// Typed: `Ioas::map_user` + `Ioas::unmap`.

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::{Mutex, MutexGuard};
 
 use bitflags::bitflags;
 use iommufd_uapi as uapi;
@@ -10,7 +9,7 @@ use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 
 use crate::ids::kind;
-use crate::mapping::Areas;
+use crate::mapping::Registry;
 use crate::object::{Object, sealed::ObjectState};
 use crate::sys::{Errno, arg};
 use crate::{
@@ -75,7 +74,7 @@ pub enum HugePages {
 /// What an IOAS keeps beside its id: the mappings its handles made.
 #[derive(Debug, Default)]
 pub struct IoasState {
-    areas: Mutex<Areas>,
+    registry: Registry,
 }
 
 impl ObjectState for kind::Ioas {
@@ -142,10 +141,8 @@ impl Object<kind::Ioas> {
         self.id().raw()
     }
 
-    pub(crate) fn areas(&self) -> MutexGuard<'_, Areas> {
-        // Every update of the registry is a single insert or removal sequence that
-        // cannot panic halfway, so a poisoned lock still guards consistent data.
-        self.state().areas.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.state().registry
     }
 
     /// Maps `mem` at `iova` if given (it must be free: `EEXIST` otherwise) or at an
@@ -253,7 +250,9 @@ impl Object<kind::Ioas> {
         perms: MapFlags,
     ) -> Result<Iova> {
         // SAFETY: this function's own contract.
-        unsafe { self.map_user_raw(va, len, iova, perms) }
+        let at = unsafe { self.map_user_raw(va, len, iova, perms)? };
+        self.registry().evict(at.raw(), len);
+        Ok(at)
     }
 
     /// # Safety
@@ -277,7 +276,6 @@ impl Object<kind::Ioas> {
         // with EFAULT. The long-term validity of the memory is the caller's contract.
         unsafe { self.iommufd().ioctl(uapi::IOMMU_IOAS_MAP, &mut a) }
             .map_err(|e| Error::naming_object("IOMMU_IOAS_MAP", self.id(), e.0))?;
-        self.areas().evict(a.iova, len);
         Ok(Iova(a.iova))
     }
 
@@ -310,7 +308,9 @@ impl Object<kind::Ioas> {
         iova: Option<Iova>,
         perms: MapFlags,
     ) -> Result<Iova> {
-        self.map_file_raw(&file.as_fd(), offset, len, iova, perms)
+        let at = self.map_file_raw(&file.as_fd(), offset, len, iova, perms)?;
+        self.registry().evict(at.raw(), len);
+        Ok(at)
     }
 
     fn map_file_raw(
@@ -331,7 +331,6 @@ impl Object<kind::Ioas> {
         self.iommufd()
             .ioctl_plain(uapi::IOMMU_IOAS_MAP_FILE, &mut a)
             .map_err(|e| Error::naming_object("IOMMU_IOAS_MAP_FILE", self.id(), e.0))?;
-        self.areas().evict(a.iova, len);
         Ok(Iova(a.iova))
     }
 
@@ -469,11 +468,15 @@ impl Object<kind::Ioas> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
-        let mut areas = self.areas();
+        // With handles' mappings registered, the registry is updated under its lock
+        // together with the kernel; without, there is nothing to update.
+        let mut areas = (!self.registry().is_empty()).then(|| self.registry().lock());
         let r = self.unmap_raw(iova.raw(), len);
         match r {
             Ok(n) => {
-                areas.remove_within(iova.raw(), len);
+                if let Some(areas) = areas.as_mut() {
+                    areas.remove_within(iova.raw(), len);
+                }
                 Ok(n)
             }
             Err(Errno(libc::ENOENT)) if iova.raw() == 0 && len == u64::MAX => {
@@ -590,7 +593,7 @@ impl Object<kind::Ioas> {
         self.iommufd()
             .ioctl_plain(uapi::IOMMU_IOAS_COPY, &mut a)
             .map_err(|e| Error::from_errno("IOMMU_IOAS_COPY", self.id(), e.0))?;
-        self.areas().evict(a.dst_iova, len);
+        self.registry().evict(a.dst_iova, len);
         Ok(Iova(a.dst_iova))
     }
 

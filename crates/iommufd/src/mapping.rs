@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::sys::Errno;
 use crate::{DmaMemory, Error, Ioas, Iova, Refused, Result};
@@ -51,16 +53,15 @@ impl Areas {
             return;
         }
         let last = Self::last(start, len);
-        // Entries are disjoint: at most one starts before `start` and reaches into
-        // the range; the others start inside it.
-        let before = self
+        // Entries are disjoint and sorted: the last one starting at or before `last`
+        // overlaps the range iff it ends at or after `start`. Remove such entries
+        // from the top down; usually there is none, and one lookup decides it.
+        while let Some((&s, _)) = self
             .by_start
-            .range(..start)
+            .range(..=last)
             .next_back()
             .filter(|(_, (l, _))| *l >= start)
-            .map(|(s, _)| *s);
-        let inside: Vec<u64> = self.by_start.range(start..=last).map(|(s, _)| *s).collect();
-        for s in before.into_iter().chain(inside) {
+        {
             self.by_start.remove(&s);
         }
     }
@@ -97,13 +98,97 @@ impl Areas {
         self.by_start.get(&start).is_some_and(|(_, t)| *t == ticket)
     }
 
+    /// Runs `unmap` if the mapping `ticket` at `start` is still registered and
+    /// removes it if `unmap` says it is gone; `Ok(false)` if it was not registered.
+    pub(crate) fn release<E>(
+        &mut self,
+        start: u64,
+        ticket: u64,
+        unmap: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> std::result::Result<bool, E> {
+        match self.by_start.entry(start) {
+            std::collections::btree_map::Entry::Occupied(e) if e.get().1 == ticket => {
+                unmap()?;
+                e.remove();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, start: u64) {
         self.by_start.remove(&start);
     }
 
-    #[cfg(test)]
     fn len(&self) -> usize {
         self.by_start.len()
+    }
+}
+
+/// The [`Areas`] of one IOAS behind a lock, with the number of entries readable
+/// without it: while no handle has a mapping (no entry), raw maps and unmaps need no
+/// bookkeeping and skip the lock.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    areas: Mutex<Areas>,
+    entries: AtomicUsize,
+}
+
+/// The locked registry; keeps the entry count in step when dropped.
+pub(crate) struct Locked<'a> {
+    areas: MutexGuard<'a, Areas>,
+    entries: &'a AtomicUsize,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Areas;
+    fn deref(&self) -> &Areas {
+        &self.areas
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Areas {
+        &mut self.areas
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.entries.store(self.areas.len(), Ordering::Release);
+    }
+}
+
+impl Registry {
+    pub(crate) fn lock(&self) -> Locked<'_> {
+        Locked {
+            // Every update is a sequence of map operations that cannot panic halfway,
+            // so a poisoned lock still guards consistent data.
+            areas: self.areas.lock().unwrap_or_else(|p| p.into_inner()),
+            entries: &self.entries,
+        }
+    }
+
+    /// Whether no handle has a mapping registered.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.load(Ordering::Acquire) == 0
+    }
+
+    /// After a map not made by a handle: removes the entries it proves stale.
+    #[inline]
+    pub(crate) fn evict(&self, start: u64, len: u64) {
+        // A handle registering concurrently maps a range disjoint from this one (the
+        // kernel made both), so an empty registry has nothing to evict.
+        if !self.is_empty() {
+            self.evict_slow(start, len);
+        }
+    }
+
+    #[cold]
+    fn evict_slow(&self, start: u64, len: u64) {
+        self.lock().evict(start, len);
     }
 }
 
@@ -151,7 +236,7 @@ impl<M: DmaMemory> fmt::Debug for Mapping<M> {
 impl<M: DmaMemory> Mapping<M> {
     /// Takes ownership of `mem`, just mapped at `iova`.
     pub(crate) fn new(ioas: Ioas, iova: Iova, len: u64, method: MapMethod, mem: M) -> Self {
-        let ticket = ioas.areas().insert(iova.raw(), len);
+        let ticket = ioas.registry().lock().insert(iova.raw(), len);
         Mapping {
             ioas,
             iova,
@@ -256,7 +341,10 @@ impl<M: DmaMemory> Mapping<M> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_mapped(&self) -> bool {
-        self.ioas.areas().holds(self.iova.raw(), self.ticket)
+        self.ioas
+            .registry()
+            .lock()
+            .holds(self.iova.raw(), self.ticket)
     }
 
     /// Unmaps the range (unless it is gone already) and returns the memory.
@@ -292,20 +380,21 @@ impl<M: DmaMemory> Mapping<M> {
 
     /// Unmaps the range if this handle's mapping is still there.
     fn release(&self) -> Result<()> {
-        let mut areas = self.ioas.areas();
-        if !areas.holds(self.iova.raw(), self.ticket) {
-            // Unmapped by other means already: the memory is out of devices' reach.
-            return Ok(());
-        }
-        match self.ioas.unmap_raw(self.iova.raw(), self.len) {
-            // ENOENT: the range is not mapped (the IOAS was destroyed by id, or it was
-            // unmapped outside this crate): devices cannot reach the memory.
-            Ok(_) | Err(Errno(libc::ENOENT)) => {
-                areas.remove(self.iova.raw());
-                Ok(())
-            }
-            Err(e) => Err(Error::from_errno("IOMMU_IOAS_UNMAP", self.ioas.id(), e.0)),
-        }
+        // If the handle's mapping is no longer registered, it was unmapped by other
+        // means already: the memory is out of devices' reach.
+        self.ioas
+            .registry()
+            .lock()
+            .release(self.iova.raw(), self.ticket, || {
+                match self.ioas.unmap_raw(self.iova.raw(), self.len) {
+                    // ENOENT: the range is not mapped (the IOAS was destroyed by id,
+                    // or it was unmapped outside this crate): devices cannot reach
+                    // the memory.
+                    Ok(_) | Err(Errno(libc::ENOENT)) => Ok(()),
+                    Err(e) => Err(Error::from_errno("IOMMU_IOAS_UNMAP", self.ioas.id(), e.0)),
+                }
+            })
+            .map(drop)
     }
 }
 
@@ -439,7 +528,8 @@ mod tests {
         drop(r.object);
         // A mapping whose range was unmapped by other means frees without an ioctl.
         let m = mapping(0x2000);
-        ioas.areas().remove_within(0, u64::MAX);
+        ioas.registry().lock().remove_within(0, u64::MAX);
+        assert!(ioas.registry().is_empty());
         assert!(!m.is_mapped());
         let mem = m.unmap().expect("nothing to unmap");
         assert_eq!(mem.size(), 4096);
