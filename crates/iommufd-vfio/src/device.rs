@@ -16,7 +16,6 @@ use std::ops::Deref;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use iommufd::{Binding, Command, Device, DeviceId, Iommufd, Refused};
 use vfio_bindings::bindings::vfio::{
@@ -458,9 +457,9 @@ impl VfioDevice {
                 object: self,
             });
         }
-        let file = Arc::new(self.file);
+        let fd = self.file.as_raw_fd();
         let binding = VfioBinding {
-            file: file.clone(),
+            file: self.file,
             name: self.name.clone(),
         };
         let device = Device::new(
@@ -478,15 +477,16 @@ impl VfioDevice {
                 done: false,
             },
             device,
-            file,
+            fd,
         })
     }
 }
 
 /// The VFIO side of a bound device: attach and detach through the cdev; dropping
-/// the last reference to the cdev's file unbinds the device.
+/// it closes the cdev, which unbinds the device (if no other reference to the open
+/// file is left).
 struct VfioBinding {
-    file: Arc<File>,
+    file: File,
     name: String,
 }
 
@@ -647,10 +647,10 @@ fn same_open_file(a: RawFd, b: RawFd) -> bool {
 }
 
 /// The other references of this process to the open file behind `file`.
-fn cdev_references(file: &File) -> std::io::Result<CdevReferences> {
-    let meta = file.metadata()?;
-    let (dev, ino) = (meta.dev(), meta.ino());
+fn cdev_references(file: BorrowedFd<'_>) -> std::io::Result<CdevReferences> {
     let own = file.as_raw_fd();
+    let meta = std::fs::metadata(format!("/proc/self/fd/{own}"))?;
+    let (dev, ino) = (meta.dev(), meta.ino());
     let mut refs = CdevReferences::default();
     for e in std::fs::read_dir("/proc/self/fd")? {
         let Ok(fd) = e?.file_name().to_string_lossy().parse::<RawFd>() else {
@@ -720,10 +720,12 @@ fn map_line_is(line: &str, dev: u64, ino: u64) -> bool {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct BoundDevice {
-    // Fields drop in this order: the device (detach, label, its file reference),
-    // the file, then the check that the device really is unbound.
+    // Fields drop in this order: the device (if this is its last handle: detach,
+    // label, close the cdev, release what it was attached to), then the check that
+    // the device really is unbound.
     device: Device,
-    file: Arc<File>,
+    /// The cdev, owned by the device's binding (alive as long as `device`).
+    fd: RawFd,
     check: UnbindCheck,
 }
 
@@ -731,7 +733,7 @@ impl fmt::Debug for BoundDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BoundDevice")
             .field("device", &self.device)
-            .field("fd", &self.file.as_raw_fd())
+            .field("fd", &self.fd)
             .finish()
     }
 }
@@ -752,7 +754,10 @@ impl AsRef<Device> for BoundDevice {
 
 impl AsFd for BoundDevice {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
+        // SAFETY: `fd` is the cdev that the binding of `self.device` owns; this handle
+        // holds the device, so the binding and its file stay open while the borrow
+        // (tied to `&self`) lasts.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
     }
 }
 
@@ -779,7 +784,7 @@ impl BoundDevice {
     /// # Ok(()) }
     /// ```
     pub fn cdev_references(&self) -> std::io::Result<CdevReferences> {
-        cdev_references(&self.file)
+        cdev_references(self.as_fd())
     }
 
     /// Detaches, removes the label and closes the cdev now, and checks that the
@@ -813,14 +818,11 @@ impl BoundDevice {
                 object: Some(self),
             });
         }
+        let holders = cdev_references(self.as_fd()).ok();
         let BoundDevice {
-            device,
-            file,
-            mut check,
+            device, mut check, ..
         } = self;
-        let holders = cdev_references(&file).ok();
         drop(device);
-        drop(file);
         check.result(holders).map_err(|error| Refused {
             error,
             object: None,
@@ -890,7 +892,7 @@ mod tests {
     #[test]
     fn references_to_an_open_file_are_found() {
         let (path, f) = temp_file("refs");
-        assert!(cdev_references(&f).expect("refs").is_empty());
+        assert!(cdev_references(f.as_fd()).expect("refs").is_empty());
         let dup = f.try_clone().expect("dup");
         let other_open = File::open(&path).expect("open");
         assert!(same_open_file(f.as_raw_fd(), dup.as_raw_fd()));
@@ -907,7 +909,7 @@ mod tests {
             )
         };
         assert_ne!(p, libc::MAP_FAILED);
-        let refs = cdev_references(&f).expect("refs");
+        let refs = cdev_references(f.as_fd()).expect("refs");
         assert_eq!(refs.dup_fds, [dup.as_raw_fd()]);
         assert_eq!(refs.mmaps, 1);
         let text = refs.to_string();
@@ -918,7 +920,7 @@ mod tests {
         // SAFETY: unmapping exactly what was mapped above.
         unsafe { libc::munmap(p, 4096) };
         drop(dup);
-        assert!(cdev_references(&f).expect("refs").is_empty());
+        assert!(cdev_references(f.as_fd()).expect("refs").is_empty());
         assert!(
             CdevReferences::default()
                 .to_string()
