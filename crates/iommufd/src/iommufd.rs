@@ -1,11 +1,12 @@
 //! The `/dev/iommu` file.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use iommufd_uapi as uapi;
 
@@ -71,6 +72,78 @@ struct FileInner {
     fd: OwnedFd,
     token: u64,
     labels: Labels,
+    leaks: Leaks,
+}
+
+/// What objects leaked on purpose ([`Object::into_id`](crate::Object::into_id)) need:
+/// their ancestors must stay in the kernel until they are destroyed by id.
+#[derive(Debug, Default)]
+pub(crate) struct Leaks {
+    inner: Mutex<LeakTable>,
+}
+
+#[derive(Debug, Default)]
+struct LeakTable {
+    /// Leaked object -> its ancestors, nearest first.
+    children: HashMap<u32, Vec<u32>>,
+    /// Ancestor -> how many leaked objects need it.
+    pins: HashMap<u32, usize>,
+    /// Pinned ancestors whose last handle is gone: destroyed when unpinned.
+    orphans: HashSet<u32>,
+}
+
+impl Leaks {
+    fn lock(&self) -> MutexGuard<'_, LeakTable> {
+        // Each update is a few map operations that cannot panic halfway.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `child` was leaked and needs `ancestors`.
+    pub(crate) fn pin(&self, child: u32, ancestors: Vec<u32>) {
+        if ancestors.is_empty() {
+            return;
+        }
+        let mut t = self.lock();
+        for a in &ancestors {
+            *t.pins.entry(*a).or_default() += 1;
+        }
+        t.children.insert(child, ancestors);
+    }
+
+    /// Called when the last handle of object `id` goes: whether it must stay (a
+    /// leaked object needs it); it is then destroyed when no longer needed.
+    pub(crate) fn keep(&self, id: u32) -> bool {
+        let mut t = self.lock();
+        if t.pins.contains_key(&id) {
+            t.orphans.insert(id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Object `child` was destroyed: unpins its ancestors and returns those that
+    /// are no longer needed and have no handle, nearest first, to destroy.
+    pub(crate) fn release(&self, child: u32) -> Vec<u32> {
+        let mut t = self.lock();
+        let Some(ancestors) = t.children.remove(&child) else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        for a in ancestors {
+            let left = t.pins.get_mut(&a).map(|n| {
+                *n -= 1;
+                *n
+            });
+            if left == Some(0) {
+                t.pins.remove(&a);
+                if t.orphans.remove(&a) {
+                    gone.push(a);
+                }
+            }
+        }
+        gone
+    }
 }
 
 impl fmt::Debug for Iommufd {
@@ -190,6 +263,7 @@ impl Iommufd {
                 fd,
                 token: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed),
                 labels: Labels::default(),
+                leaks: Leaks::default(),
             }),
         }
     }
@@ -201,6 +275,21 @@ impl Iommufd {
 
     pub(crate) fn labels(&self) -> &Labels {
         &self.inner.labels
+    }
+
+    pub(crate) fn leaks(&self) -> &Leaks {
+        &self.inner.leaks
+    }
+
+    /// After object `id` was destroyed: destroys the ancestors it kept that no
+    /// handle holds any more.
+    pub(crate) fn destroyed(&self, id: u32) {
+        for orphan in self.leaks().release(id) {
+            let object = format_args!("object {orphan}");
+            if let Err(e) = self.destroy_id(orphan, object) {
+                log::error!("iommufd: destroying object {orphan}, kept for object {id}: {e}");
+            }
+        }
     }
 
     /// Whether `other` is this file (a clone of the same handle).
@@ -237,8 +326,8 @@ impl Iommufd {
     /// Destroys any object by raw id (`IOMMU_DESTROY`).
     ///
     /// For objects that no handle of this crate owns: ids from
-    /// [`Object::into_id`](crate::Object::into_id), or objects created by another
-    /// layer. Destroying an object that a handle still owns makes that handle's drop
+    /// [`Object::into_id`](crate::Object::into_id) (whose ancestors without handles
+    /// are destroyed with them), or objects created by another layer. Destroying an object that a handle still owns makes that handle's drop
     /// fail (it logs), and ids are reused, so the handle could then act on a newer
     /// object: use [`Object::destroy`](crate::Object::destroy) for those.
     ///
@@ -254,7 +343,9 @@ impl Iommufd {
     /// # Ok::<(), iommufd::Error>(())
     /// ```
     pub fn destroy_raw(&self, id: u32) -> Result<()> {
-        self.destroy_id(id, format_args!("object {id}"))
+        self.destroy_id(id, format_args!("object {id}"))?;
+        self.destroyed(id);
+        Ok(())
     }
 
     pub(crate) fn destroy_id(&self, id: u32, object: impl fmt::Display) -> Result<()> {

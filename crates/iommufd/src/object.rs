@@ -25,11 +25,11 @@ pub trait ObjectKind: Kind + sealed::ObjectState {}
 
 impl<K: Kind + sealed::ObjectState> ObjectKind for K {}
 
-/// What an object holds of its parents: enough to keep them alive and to leak them
-/// with it.
+/// What an object holds of its parents: enough to keep them alive, and to name them
+/// when a child is leaked.
 pub(crate) trait Parent: Send + Sync {
-    /// Marks the parent, and its parents, as not to be destroyed.
-    fn leak(&self);
+    /// Appends the raw ids of this object and its ancestors, nearest first.
+    fn ancestry(&self, out: &mut Vec<u32>);
 }
 
 /// The kind-independent part of an object.
@@ -44,9 +44,9 @@ struct Core {
 }
 
 impl Core {
-    fn leak(&self) {
-        if self.live.swap(false, Ordering::AcqRel) {
-            self.parents.iter().for_each(|p| p.leak());
+    fn ancestry(&self, out: &mut Vec<u32>) {
+        for p in &self.parents {
+            p.ancestry(out);
         }
     }
 
@@ -57,7 +57,9 @@ impl Core {
 
 impl Drop for Core {
     fn drop(&mut self) {
-        if self.live.load(Ordering::Acquire) {
+        // An ancestor of a leaked object stays (the kernel would refuse with EBUSY)
+        // until that object is destroyed by id.
+        if self.live.load(Ordering::Acquire) && !self.fd.leaks().keep(self.id) {
             if let Err(e) = self.fd.destroy_id(self.id, self.describe()) {
                 log::error!(
                     "iommufd: dropping {}: {e}; it stays until the file is closed",
@@ -74,8 +76,9 @@ struct Node<K: ObjectKind> {
 }
 
 impl<K: ObjectKind> Parent for Node<K> {
-    fn leak(&self) {
-        self.core.leak();
+    fn ancestry(&self, out: &mut Vec<u32>) {
+        out.push(self.core.id);
+        self.core.ancestry(out);
     }
 }
 
@@ -229,6 +232,7 @@ impl<K: ObjectKind> Object<K> {
         match node.core.fd.destroy_id(node.core.id, node.core.describe()) {
             Ok(()) => {
                 node.core.live.store(false, Ordering::Release);
+                node.core.fd.destroyed(node.core.id);
                 Ok(())
             }
             Err(error) => Err(Refused {
@@ -241,19 +245,30 @@ impl<K: ObjectKind> Object<K> {
     }
 
     /// Leaks the object on purpose and returns its id: it stays in the kernel until
-    /// [`Iommufd::destroy_raw`] or until the file is closed. Its parents (the IOAS of
-    /// a HWPT) are leaked with it, since the kernel keeps them busy. Other handles of
-    /// the object stay usable; dropping them no longer destroys it.
+    /// [`Iommufd::destroy_raw`] of that id or until the file is closed. Other handles
+    /// of the object stay usable; dropping them no longer destroys it.
+    ///
+    /// Its ancestors (the IOAS of a HWPT) must outlive it in the kernel: dropping
+    /// their handles does not destroy them while it is leaked, and
+    /// [`Iommufd::destroy_raw`] of it destroys those whose handles are gone by then.
     ///
     /// ```no_run
-    /// use iommufd::{Ioas, Iommufd};
-    /// let fd = Iommufd::open()?;
-    /// let id = Ioas::alloc(&fd)?.into_id(); // e.g. for a layer that owns it from now on
-    /// fd.destroy_raw(id.raw())?;
-    /// # Ok::<(), iommufd::Error>(())
+    /// use iommufd::{Hwpt, HwptFlags, Ioas, Iommufd};
+    /// # fn f(dev: &iommufd::Device) -> iommufd::Result<()> {
+    /// let fd = dev.iommufd().clone();
+    /// let ioas = Ioas::alloc(&fd)?;
+    /// let id = Hwpt::alloc(&ioas, dev, HwptFlags::empty())?.into_id(); // e.g. for another layer
+    /// drop(ioas); // stays: the leaked HWPT needs it
+    /// fd.destroy_raw(id.raw())?; // the HWPT, then the IOAS no handle holds any more
+    /// # Ok(()) }
     /// ```
     pub fn into_id(self) -> Id<K> {
-        self.node.core.leak();
+        let core = &self.node.core;
+        if core.live.swap(false, Ordering::AcqRel) {
+            let mut ancestors = Vec::new();
+            core.ancestry(&mut ancestors);
+            core.fd.leaks().pin(core.id, ancestors);
+        }
         self.id()
     }
 
@@ -307,16 +322,16 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
-    fn leaking_a_child_leaks_its_parents() {
+    fn leaking_a_child_keeps_its_ancestors() {
         let fd = null();
         let ioas = Ioas::fake(&fd, 1);
         let hwpt = Hwpt::fake(&ioas, 2);
-        let parent = ioas.clone();
         assert_eq!(hwpt.into_id().raw(), 2);
-        assert!(!parent.node.core.live.load(Ordering::Acquire));
-        assert!(!ioas.node.core.live.load(Ordering::Acquire));
         assert!(format!("{ioas:?}").contains("ioas 1"));
-        // Dropping what is left sends nothing (the ENOTTY would be logged).
-        drop((ioas, parent));
+        // The IOAS handle goes, the kernel object must stay: it becomes an orphan,
+        // to be destroyed with its leaked child.
+        drop(ioas);
+        assert_eq!(fd.leaks().release(2), vec![1]);
+        assert!(fd.leaks().release(2).is_empty());
     }
 }

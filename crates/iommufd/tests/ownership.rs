@@ -267,4 +267,33 @@ mod mock {
         dev.check_map(at2, newer.memory().as_ptr(), len)
             .expect("newer still mapped");
     }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn a_leaked_hwpt_keeps_its_ioas_until_destroyed_by_id() {
+        logs::capture();
+        let fd = open();
+        let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
+        let ioas_id = ioas.id().raw();
+        let dev = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1).expect("MOCK_DOMAIN");
+        let hwpt = Hwpt::alloc(&ioas, &dev, HwptFlags::empty()).expect("HWPT_ALLOC");
+        drop(dev);
+        let id = hwpt.into_id(); // another layer owns it now
+        drop(ioas); // the last IOAS handle: the IOAS must stay for the HWPT
+        let e = fd.destroy_raw(ioas_id).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EBUSY), "{e}");
+        // Destroying the leaked HWPT by id takes the IOAS no handle holds with it.
+        fd.destroy_raw(id.raw()).expect("DESTROY the leaked HWPT");
+        assert!(matches!(
+            fd.destroy_raw(ioas_id),
+            Err(Error::NotFound { .. })
+        ));
+        assert!(logs::take(log::Level::Warn).is_empty());
+        // An IOAS leaked with a handle left: dropping the handle does not destroy it.
+        let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
+        let other = ioas.clone();
+        let id = ioas.into_id();
+        drop(other);
+        fd.destroy_raw(id.raw()).expect("still there");
+    }
 }
