@@ -712,14 +712,22 @@ fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
     if !r.status_ok && r.tally.failed == 0 {
         r.tally.failed = 1;
     }
-    eprintln!(
-        "xtask: {}: {} passed, {} failed, {} skipped in {:.1} s",
-        boot.label,
-        r.tally.passed,
-        r.tally.failed,
-        r.tally.ignored,
-        start.elapsed().as_secs_f64()
-    );
+    if r.reached_init {
+        eprintln!(
+            "xtask: {}: {} passed, {} failed, {} skipped in {:.1} s",
+            boot.label,
+            r.tally.passed,
+            r.tally.failed,
+            r.tally.ignored,
+            start.elapsed().as_secs_f64()
+        );
+    } else {
+        eprintln!(
+            "xtask: {}: no test ran: the guest did not reach /init ({:.1} s)",
+            boot.label,
+            start.elapsed().as_secs_f64()
+        );
+    }
     Ok(r)
 }
 
