@@ -461,6 +461,7 @@ impl VfioDevice {
         let binding = VfioBinding {
             file: self.file,
             name: self.name.clone(),
+            iommufd: iommufd.clone(),
         };
         let device = Device::new(
             reservation,
@@ -488,6 +489,8 @@ impl VfioDevice {
 struct VfioBinding {
     file: File,
     name: String,
+    /// The iommufd the device is bound to, to probe what its kernel supports.
+    iommufd: Iommufd,
 }
 
 impl fmt::Debug for VfioBinding {
@@ -496,6 +499,13 @@ impl fmt::Debug for VfioBinding {
             .field("name", &self.name)
             .field("fd", &self.file.as_raw_fd())
             .finish()
+    }
+}
+
+impl VfioBinding {
+    /// Whether the kernel has PASID attach (Linux 6.15, like `IOMMU_VEVENTQ_ALLOC`).
+    fn pasid_known(&self) -> bool {
+        self.iommufd.probe().supports(Command::VeventqAlloc)
     }
 }
 
@@ -516,7 +526,7 @@ impl Binding for VfioBinding {
             arg.pasid = p;
         }
         ioctl(self.file.as_fd(), VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut arg)
-            .map_err(|errno| pasid_errno(op, &self.name, pasid, errno))?;
+            .map_err(|errno| pasid_errno(op, &self.name, pasid, errno, || self.pasid_known()))?;
         Ok(arg.pt_id)
     }
 
@@ -535,15 +545,21 @@ impl Binding for VfioBinding {
             arg.pasid = p;
         }
         ioctl(self.file.as_fd(), VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut arg)
-            .map_err(|errno| pasid_errno(op, &self.name, pasid, errno))
+            .map_err(|errno| pasid_errno(op, &self.name, pasid, errno, || self.pasid_known()))
     }
 }
 
-/// PASID attach and detach arrived in Linux 6.15; older kernels reject the unknown
-/// flag with `EINVAL` (the argument is then also longer than they know, which they
-/// accept only when the extra bytes are zero: `E2BIG` otherwise).
-fn pasid_errno(op: &'static str, name: &str, pasid: Option<u32>, errno: i32) -> iommufd::Error {
-    if pasid.is_some() && errno == libc::EINVAL && kernel_before(6, 15) {
+/// PASID attach and detach arrived in Linux 6.15, together with
+/// `IOMMU_VEVENTQ_ALLOC`; older kernels reject the unknown flag with `EINVAL`.
+/// `pasid_known` says whether the kernel has them (asked only for that `EINVAL`).
+fn pasid_errno(
+    op: &'static str,
+    name: &str,
+    pasid: Option<u32>,
+    errno: i32,
+    pasid_known: impl FnOnce() -> bool,
+) -> iommufd::Error {
+    if pasid.is_some() && errno == libc::EINVAL && !pasid_known() {
         iommufd::Error::Unsupported {
             op,
             object: name.to_string(),
@@ -551,17 +567,6 @@ fn pasid_errno(op: &'static str, name: &str, pasid: Option<u32>, errno: i32) -> 
         }
     } else {
         iommufd::Error::from_errno(op, name, errno)
-    }
-}
-
-/// Whether the running kernel's release is below `major.minor`.
-fn kernel_before(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut it = release.trim().split(|c: char| !c.is_ascii_digit());
-    let parse = |s: Option<&str>| s.and_then(|v| v.parse::<u32>().ok());
-    match (parse(it.next()), parse(it.next())) {
-        (Some(a), Some(b)) => (a, b) < (major, minor),
-        _ => false,
     }
 }
 
@@ -958,13 +963,16 @@ mod tests {
         assert!(e.to_string().contains("already bound"), "{e}");
         let e: Error = iommufd::Error::from_errno("x", "y", libc::EOPNOTSUPP).into();
         assert!(e.is_unsupported());
-        let e = pasid_errno("op", "vfio0", None, libc::EINVAL);
+        let e = pasid_errno("op", "vfio0", None, libc::EINVAL, || false);
         assert!(!e.is_unsupported());
-        // On this host kernel (6.15 or later, or not): EINVAL for a PASID operation is
-        // unsupported exactly on kernels before 6.15.
-        let e = pasid_errno("op", "vfio0", Some(1), libc::EINVAL);
-        assert_eq!(e.is_unsupported(), kernel_before(6, 15));
-        assert!(!kernel_before(0, 0));
+        // EINVAL for a PASID operation is unsupported exactly on kernels without PASID
+        // attach (before 6.15); other errnos keep their meaning.
+        let e = pasid_errno("op", "vfio0", Some(1), libc::EINVAL, || false);
+        assert!(e.is_unsupported());
+        let e = pasid_errno("op", "vfio0", Some(1), libc::EINVAL, || true);
+        assert!(!e.is_unsupported() && e.errno() == Some(libc::EINVAL));
+        let e = pasid_errno("op", "vfio0", Some(1), libc::EPERM, || false);
+        assert_eq!(e.errno(), Some(libc::EPERM));
         let opened = VfioDevice::from_owned_fd(File::open("/dev/null").expect("null").into(), "x");
         assert!(format!("{opened:?}").contains("\"x\""));
     }

@@ -116,17 +116,11 @@ impl Object<kind::Hwpt> {
             // ENOENT: the device is gone. EINVAL: the kernel's answer for a `pt_id`
             // that names no object: say so if the IOAS is gone.
             libc::ENOENT => Error::naming_object(OP, dev.id(), e.0),
-            libc::EINVAL
-                if ioas
-                    .iova_ranges()
-                    .is_err_and(|e| matches!(e, Error::NotFound { .. })) =>
-            {
-                Error::NotFound {
-                    op: OP,
-                    object: ioas.id().to_string(),
-                    errno: e.0,
-                }
-            }
+            libc::EINVAL if !ioas.exists() => Error::NotFound {
+                op: OP,
+                object: ioas.id().to_string(),
+                errno: e.0,
+            },
             errno => Error::from_errno(OP, format_args!("{} with {}", dev.id(), ioas.id()), errno),
         })?;
         Ok(Object::from_parts(

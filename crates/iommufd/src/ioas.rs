@@ -529,7 +529,7 @@ impl Object<kind::Ioas> {
 
     /// Whether the kernel still has this IOAS (a lookup with `IOMMU_IOAS_IOVA_RANGES`
     /// asking for no ranges), to tell a missing IOAS from other `ENOENT`s.
-    fn exists(&self) -> bool {
+    pub(crate) fn exists(&self) -> bool {
         let mut a: uapi::iommu_ioas_iova_ranges = arg();
         a.ioas_id = self.raw();
         // SAFETY: `num_iovas` is 0 and `allowed_iovas` null: the kernel writes no

@@ -296,4 +296,26 @@ mod mock {
         drop(other);
         fd.destroy_raw(id.raw()).expect("still there");
     }
+
+    // An IOAS destroyed by id behind its handle's back: the commands that name it
+    // say so with NotFound (HWPT_ALLOC answers EINVAL for a missing pt_id, UNMAP
+    // ENOENT as for a range that cuts a mapping: the crate checks which it is).
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn an_ioas_destroyed_by_id_is_not_found() {
+        let fd = open();
+        let home = Ioas::alloc(&fd).expect("IOAS_ALLOC");
+        let dev = MockDevice::alloc(&home, MockDeviceFlags::empty(), 1).expect("MOCK_DOMAIN");
+        let gone = Ioas::alloc(&fd).expect("IOAS_ALLOC");
+        fd.destroy_raw(gone.id().raw()).expect("DESTROY by id");
+        let e = Hwpt::alloc(&gone, &dev, HwptFlags::empty()).unwrap_err();
+        assert!(matches!(e, Error::NotFound { .. }), "{e}");
+        assert!(e.to_string().contains(&gone.id().to_string()), "{e}");
+        let e = gone.unmap(Iova(1 << 24), 4096).unwrap_err();
+        assert!(matches!(e, Error::NotFound { .. }), "{e}");
+        // The IOAS that exists: a range that covers nothing is UnmapSplit.
+        let e = home.unmap(Iova(1 << 24), 4096).unwrap_err();
+        assert!(matches!(e, Error::UnmapSplit { .. }), "{e}");
+        let _ = gone.into_id(); // nothing left to destroy
+    }
 }
