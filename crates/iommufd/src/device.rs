@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::hw_info::query_hw_info;
 use crate::labels::LabelGuard;
 use crate::{
-    DeviceId, Error, HwInfo, Hwpt, HwptId, Ioas, Iommufd, LabelReservation, Refused, Result,
+    DeviceId, Error, HwInfo, Hwpt, HwptId, Ioas, Iommufd, LabelReservation, NestedHwpt, Refused,
+    Result,
 };
 
 /// What a device can be attached to: an IOAS (the kernel then picks or creates a
@@ -30,6 +31,8 @@ pub enum PageTable {
     Ioas(Ioas),
     /// A hardware page table.
     Hwpt(Hwpt),
+    /// A nested hardware page table (the guest's stage 1 on a stage-2 parent).
+    Nested(NestedHwpt),
 }
 
 impl PageTable {
@@ -44,6 +47,7 @@ impl PageTable {
         match self {
             PageTable::Ioas(i) => i.id().raw(),
             PageTable::Hwpt(h) => h.id().raw(),
+            PageTable::Nested(n) => n.id().raw(),
         }
     }
 
@@ -59,6 +63,7 @@ impl PageTable {
         match self {
             PageTable::Ioas(i) => i.iommufd(),
             PageTable::Hwpt(h) => h.iommufd(),
+            PageTable::Nested(n) => n.iommufd(),
         }
     }
 
@@ -67,6 +72,7 @@ impl PageTable {
         match self {
             PageTable::Ioas(i) => i.check_file(fd, op),
             PageTable::Hwpt(h) => h.check_file(fd, op),
+            PageTable::Nested(n) => n.check_file(fd, op),
         }
     }
 
@@ -83,6 +89,7 @@ impl PageTable {
         match (self, other) {
             (PageTable::Ioas(a), PageTable::Ioas(b)) => a.id() == b.id(),
             (PageTable::Hwpt(a), PageTable::Hwpt(b)) => a.id() == b.id(),
+            (PageTable::Nested(a), PageTable::Nested(b)) => a.id() == b.id(),
             _ => false,
         }
     }
@@ -93,6 +100,7 @@ impl fmt::Display for PageTable {
         match self {
             PageTable::Ioas(i) => i.id().fmt(f),
             PageTable::Hwpt(h) => h.id().fmt(f),
+            PageTable::Nested(n) => n.id().fmt(f),
         }
     }
 }
@@ -118,6 +126,18 @@ impl From<&Hwpt> for PageTable {
 impl From<Hwpt> for PageTable {
     fn from(hwpt: Hwpt) -> PageTable {
         PageTable::Hwpt(hwpt)
+    }
+}
+
+impl From<&NestedHwpt> for PageTable {
+    fn from(hwpt: &NestedHwpt) -> PageTable {
+        PageTable::Nested(hwpt.clone())
+    }
+}
+
+impl From<NestedHwpt> for PageTable {
+    fn from(hwpt: NestedHwpt) -> PageTable {
+        PageTable::Nested(hwpt)
     }
 }
 

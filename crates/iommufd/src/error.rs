@@ -204,6 +204,79 @@ pub enum Error {
         source: DecodeError,
     },
 
+    /// A batched invalidation stopped part way (`IOMMU_HWPT_INVALIDATE`): the kernel
+    /// handled the first `handled` entries, then refused entry number `handled`
+    /// with `errno`. The entries after it were not handled either; send them again
+    /// (without the refused one) if the guest expects them done.
+    #[error(
+        "IOMMU_HWPT_INVALIDATE on {object}: {handled} entr{} handled, then {} refused{}: {}",
+        if *handled == 1 { "y" } else { "ies" },
+        .entry.as_deref().unwrap_or("an entry"),
+        .label.map(|l| format!(" (device label {l:#x})")).unwrap_or_default(),
+        Errno(*errno)
+    )]
+    InvalidationIncomplete {
+        /// The nested HWPT or vIOMMU.
+        object: String,
+        /// How many entries, from the first, were handled.
+        handled: u32,
+        /// The first entry not handled (its index is `handled`), as text.
+        entry: Option<String>,
+        /// The label of the device that entry is for, if it names one that has a
+        /// vDEVICE (or, for a nested HWPT, the device it was allocated for).
+        label: Option<u64>,
+        /// The errno the kernel returned for it.
+        errno: i32,
+    },
+
+    /// A vDEVICE for this virtual id, or for this device, exists already in the
+    /// vIOMMU: virtual ids (the guest's device ids) are unique per vIOMMU, and a
+    /// device has at most one vDEVICE.
+    #[error("{viommu}: {}", match .holder {
+        Some(d) => format!("virtual id {virt_id:#x} is already {d}'s"),
+        None => format!("the device already has a vDEVICE (asked for virtual id {virt_id:#x})"),
+    })]
+    DuplicateVdevice {
+        /// The vIOMMU.
+        viommu: String,
+        /// The virtual id asked for.
+        virt_id: u64,
+        /// The device that has the virtual id (`None`: the kernel reports that the
+        /// device itself has a vDEVICE already).
+        holder: Option<DeviceId>,
+    },
+
+    /// A page response names a fault group the queue has not delivered, or one
+    /// answered already.
+    #[error("{queue}: no outstanding page request group with cookie {cookie:#x}")]
+    UnknownCookie {
+        /// The fault queue.
+        queue: String,
+        /// The cookie.
+        cookie: u32,
+    },
+
+    /// A stage-1 description or an invalidation entry was refused before reaching
+    /// the kernel.
+    #[error("{op}: {source}")]
+    Stage1 {
+        /// The operation.
+        op: &'static str,
+        /// What was wrong.
+        #[source]
+        source: crate::Stage1Error,
+    },
+
+    /// A record read from a fault queue or vEVENTQ could not be decoded.
+    #[error("reading {queue}: {source}")]
+    RecordDecode {
+        /// The queue.
+        queue: String,
+        /// What was wrong.
+        #[source]
+        source: DecodeError,
+    },
+
     /// A system call other than an iommufd ioctl failed (e.g. `mmap` of a buffer).
     #[error("{op} failed: {}", Errno(*errno))]
     Os {
@@ -270,6 +343,7 @@ impl Error {
             Error::Ioctl { errno, .. }
             | Error::Unsupported { errno, .. }
             | Error::NotFound { errno, .. }
+            | Error::InvalidationIncomplete { errno, .. }
             | Error::Os { errno, .. } => Some(*errno),
             Error::UnmapSplit { .. } => Some(libc::ENOENT),
             Error::WrongIommufd { .. }
@@ -279,7 +353,11 @@ impl Error {
             | Error::NotGuestMemory { .. }
             | Error::LabelInUse { .. }
             | Error::InvalidArgument { .. }
-            | Error::HwInfoDecode { .. } => None,
+            | Error::HwInfoDecode { .. }
+            | Error::DuplicateVdevice { .. }
+            | Error::UnknownCookie { .. }
+            | Error::Stage1 { .. }
+            | Error::RecordDecode { .. } => None,
         }
     }
 
@@ -379,6 +457,16 @@ pub enum DecodeError {
         need: usize,
         /// The bytes present.
         got: usize,
+    },
+    /// A record has a field value the format does not allow.
+    #[error("record at byte {offset}: {field} = {value:#x} is not valid")]
+    BadRecord {
+        /// Where the record starts in what was read.
+        offset: usize,
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
     },
 }
 

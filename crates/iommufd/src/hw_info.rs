@@ -463,6 +463,7 @@ mod tests {
                         assert!(got < need);
                         assert_eq!(got, len);
                     }
+                    Err(e) => panic!("hw_info decoding reports only short data: {e}"),
                 }
             }
         }

@@ -5,8 +5,9 @@ use iommufd_uapi as uapi;
 
 use crate::ids::kind;
 use crate::object::{Object, sealed::ObjectState};
-use crate::sys::arg;
-use crate::{DirtyBitmap, Error, Ioas, Iova, Result};
+use crate::stage1::Stage1Bytes;
+use crate::sys::{Errno, arg};
+use crate::{DirtyBitmap, Error, FaultQueue, Ioas, Iova, Result};
 
 bitflags! {
     /// Flags of [`Hwpt::alloc`] (`enum iommufd_hwpt_alloc_flags`).
@@ -52,6 +53,38 @@ bitflags! {
 #[derive(Debug)]
 pub struct HwptState {
     flags: HwptFlags,
+    fault: Option<FaultQueue>,
+}
+
+/// `IOMMU_HWPT_ALLOC`, shared by paging and nested HWPTs: returns the new id.
+pub(crate) fn alloc_ioctl(
+    fd: &crate::Iommufd,
+    flags: HwptFlags,
+    dev: u32,
+    pt: u32,
+    data: Option<(u32, &Stage1Bytes)>,
+    fault: Option<&FaultQueue>,
+) -> std::result::Result<u32, Errno> {
+    let mut a: uapi::iommu_hwpt_alloc = arg();
+    a.flags = flags.bits();
+    a.dev_id = dev;
+    a.pt_id = pt;
+    a.data_type = uapi::IOMMU_HWPT_DATA_NONE;
+    if let Some((data_type, bytes)) = data {
+        let (ptr, len) = bytes.as_raw();
+        a.data_type = data_type;
+        a.data_len = len;
+        a.data_uptr = ptr as u64;
+    }
+    if let Some(q) = fault {
+        a.flags |= uapi::IOMMU_HWPT_FAULT_ID_VALID;
+        a.fault_id = q.id().raw();
+    }
+    // SAFETY: `data_uptr` is 0 with `data_len` 0, or points to `data_len` bytes of
+    // a stage-1 structure borrowed for the call, which the kernel only reads.
+    // `fault_id` is not a pointer.
+    unsafe { fd.ioctl(uapi::IOMMU_HWPT_ALLOC, &mut a) }?;
+    Ok(a.out_hwpt_id)
 }
 
 impl ObjectState for kind::Hwpt {
@@ -101,34 +134,75 @@ impl Object<kind::Hwpt> {
     /// # Ok(()) }
     /// ```
     pub fn alloc(ioas: &Ioas, dev: &impl AsRef<crate::Device>, flags: HwptFlags) -> Result<Hwpt> {
+        Self::alloc_inner(ioas, dev.as_ref(), flags, None)
+    }
+
+    /// Like [`Hwpt::alloc`], for a device that can take I/O page faults (PRI, or a
+    /// stall-capable SMMU): DMA to an unmapped IOVA is reported in `faults` instead
+    /// of failing (`IOMMU_HWPT_FAULT_ID_VALID`, Linux 6.11). The HWPT holds the
+    /// queue.
+    ///
+    /// ```no_run
+    /// use iommufd::{FaultQueue, Hwpt, HwptFlags, Ioas};
+    /// # fn f(dev: &iommufd::Device) -> iommufd::Result<()> {
+    /// let ioas = Ioas::alloc(dev.iommufd())?;
+    /// let faults = FaultQueue::alloc(dev.iommufd())?;
+    /// let hwpt = Hwpt::alloc_iopf(&ioas, dev, HwptFlags::empty(), &faults)?;
+    /// dev.attach(&hwpt)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn alloc_iopf(
+        ioas: &Ioas,
+        dev: &impl AsRef<crate::Device>,
+        flags: HwptFlags,
+        faults: &FaultQueue,
+    ) -> Result<Hwpt> {
+        Self::alloc_inner(ioas, dev.as_ref(), flags, Some(faults))
+    }
+
+    fn alloc_inner(
+        ioas: &Ioas,
+        dev: &crate::Device,
+        flags: HwptFlags,
+        fault: Option<&FaultQueue>,
+    ) -> Result<Hwpt> {
         const OP: &str = "IOMMU_HWPT_ALLOC";
-        let dev = dev.as_ref();
         let fd = ioas.iommufd();
         dev.check_file(fd, OP)?;
-        let mut a: uapi::iommu_hwpt_alloc = arg();
-        a.flags = flags.bits();
-        a.dev_id = dev.id().raw();
-        a.pt_id = ioas.id().raw();
-        a.data_type = uapi::IOMMU_HWPT_DATA_NONE;
-        // SAFETY: no user pointer: `data_uptr` is 0 with `data_len` 0 (no
-        // driver-specific data), and `fault_id` is not a pointer.
-        unsafe { fd.ioctl(uapi::IOMMU_HWPT_ALLOC, &mut a) }.map_err(|e| match e.0 {
-            // ENOENT: the device is gone. EINVAL: the kernel's answer for a `pt_id`
-            // that names no object: say so if the IOAS is gone.
-            libc::ENOENT => Error::naming_object(OP, dev.id(), e.0),
-            libc::EINVAL if !ioas.exists() => Error::NotFound {
-                op: OP,
-                object: ioas.id().to_string(),
-                errno: e.0,
-            },
-            errno => Error::from_errno(OP, format_args!("{} with {}", dev.id(), ioas.id()), errno),
-        })?;
+        if let Some(q) = fault {
+            q.check_file(fd, OP)?;
+        }
+        let out = alloc_ioctl(fd, flags, dev.id().raw(), ioas.id().raw(), None, fault)
+            .map_err(|e| match e.0 {
+                // ENOENT: the device is gone. EINVAL: the kernel's answer for a `pt_id`
+                // that names no object: say so if the IOAS is gone.
+                libc::ENOENT => Error::naming_object(OP, dev.id(), e.0),
+                libc::EINVAL if !ioas.exists() => Error::NotFound {
+                    op: OP,
+                    object: ioas.id().to_string(),
+                    errno: e.0,
+                },
+                errno => {
+                    Error::from_errno(OP, format_args!("{} with {}", dev.id(), ioas.id()), errno)
+                }
+            })?;
+        let mut parents = vec![ioas.as_parent()];
+        parents.extend(fault.map(|q| q.as_parent()));
         Ok(Object::from_parts(
             fd,
-            a.out_hwpt_id,
-            vec![ioas.as_parent()],
-            HwptState { flags },
+            out,
+            parents,
+            HwptState {
+                flags,
+                fault: fault.cloned(),
+            },
         ))
+    }
+
+    /// The fault queue the HWPT reports I/O page faults to, if it was allocated
+    /// with one ([`Hwpt::alloc_iopf`]).
+    pub fn fault_queue(&self) -> Option<&FaultQueue> {
+        self.state().fault.as_ref()
     }
 
     /// The flags it was allocated with.
@@ -238,6 +312,7 @@ impl Object<kind::Hwpt> {
             vec![ioas.as_parent()],
             HwptState {
                 flags: HwptFlags::empty(),
+                fault: None,
             },
         )
     }

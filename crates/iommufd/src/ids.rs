@@ -47,6 +47,19 @@ pub mod kind {
         Device = "device";
         /// A mock device of the kernel's selftest (`IOMMU_TEST_OP_MOCK_DOMAIN`).
         MockDevice = "selftest device";
+        /// A nested (stage-1) hardware page table ([`NestedHwpt`](crate::NestedHwpt)),
+        /// whose page table the guest owns.
+        NestedHwpt = "nested hwpt";
+        /// A virtual IOMMU instance ([`Viommu`](crate::Viommu)).
+        Viommu = "viommu";
+        /// A virtual device of a vIOMMU ([`Vdevice`](crate::Vdevice)).
+        Vdevice = "vdevice";
+        /// A queue of I/O page faults ([`FaultQueue`](crate::FaultQueue)).
+        FaultQueue = "fault queue";
+        /// A queue of vIOMMU events ([`Veventq`](crate::Veventq)).
+        Veventq = "veventq";
+        /// A hardware-accelerated queue of a vIOMMU ([`HwQueue`](crate::HwQueue)).
+        HwQueue = "hw queue";
     }
 }
 
@@ -84,6 +97,18 @@ pub type IoasId = Id<kind::Ioas>;
 pub type HwptId = Id<kind::Hwpt>;
 /// The id of a bound device.
 pub type DeviceId = Id<kind::Device>;
+/// The id of a nested hardware page table.
+pub type NestedHwptId = Id<kind::NestedHwpt>;
+/// The id of a vIOMMU.
+pub type ViommuId = Id<kind::Viommu>;
+/// The id of a vDEVICE.
+pub type VdeviceId = Id<kind::Vdevice>;
+/// The id of a fault queue.
+pub type FaultQueueId = Id<kind::FaultQueue>;
+/// The id of a vEVENTQ.
+pub type VeventqId = Id<kind::Veventq>;
+/// The id of a HW queue.
+pub type HwQueueId = Id<kind::HwQueue>;
 
 impl<K: Kind> Id<K> {
     pub(crate) const fn new(raw: u32, owner: u64) -> Self {

@@ -159,21 +159,26 @@
 mod device;
 mod dirty;
 mod error;
+mod eventq;
 #[cfg(test)]
 mod fuzz_seeds;
 mod guest_memory;
 mod hw_info;
 mod hwpt;
 mod ids;
+mod invalidate;
 mod ioas;
 mod iommufd;
 mod iova;
 mod labels;
 mod mapping;
 mod memory;
+mod nested;
 mod object;
 mod probe;
+mod stage1;
 mod sys;
+mod viommu;
 
 #[cfg(feature = "selftest")]
 pub mod selftest;
@@ -184,18 +189,40 @@ pub use vm_memory;
 pub use crate::device::{Binding, Device, PageTable};
 pub use crate::dirty::DirtyBitmap;
 pub use crate::error::{DecodeError, Error, Refused, Result};
+pub use crate::eventq::{
+    FaultGroup, FaultPage, FaultPerm, FaultQueue, FaultQueueState, FaultRecord, PageResponse,
+    VEVENTQ_MAX_DEPTH, Vevent, VeventBatch, VeventData, VeventRecord, VeventSequence, Veventq,
+    VeventqState, VeventqType,
+};
 pub use crate::guest_memory::{GuestArea, GuestMemoryMapping};
 pub use crate::hw_info::{HW_INFO_TYPE_SELFTEST, HwCapabilities, HwInfo, HwInfoData};
-pub use crate::hwpt::{DirtyReadFlags, Hwpt, HwptFlags};
-pub use crate::ids::{DeviceId, HwptId, Id, IoasId, kind};
+pub use crate::hwpt::{DirtyReadFlags, Hwpt, HwptFlags, HwptState};
+pub use crate::ids::{
+    DeviceId, FaultQueueId, HwQueueId, HwptId, Id, IoasId, NestedHwptId, VdeviceId, VeventqId,
+    ViommuId, kind,
+};
+#[cfg(feature = "selftest")]
+pub use crate::invalidate::{SelftestHwptInvalidation, SelftestViommuInvalidation};
+pub use crate::invalidate::{
+    HwptInvalidation, InvalidationEntry, SmmuV3Command, SmmuV3Opcode, ViommuInvalidation,
+    VtdS1Invalidation,
+};
 pub use crate::ioas::{HugePages, Ioas, MapFlags};
 pub use crate::iommufd::{DEFAULT_PATH, Iommufd, RlimitMode};
 pub use crate::iova::{Iova, IovaRange, IovaRanges};
 pub use crate::labels::LabelReservation;
 pub use crate::mapping::{MapMethod, Mapping};
 pub use crate::memory::{DmaMemory, DmaSource, FileRange, MmapSlice};
+pub use crate::nested::{NestedHwpt, NestedHwptState, NestingParent};
 pub use crate::object::{Object, ObjectKind};
 pub use crate::probe::{Command, Features};
+pub use crate::stage1::{
+    AmdGuestDte, SmmuV3Config, SmmuV3Ste, Stage1, Stage1Error, VtdS1, VtdS1Flags,
+};
+pub use crate::viommu::{
+    HwQueue, HwQueueState, HwQueueType, Vdevice, VdeviceState, Viommu, ViommuData, ViommuState,
+    ViommuType,
+};
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,11 @@ pub(crate) mod sealed {
         /// The per-kind state (the mapping registry of an IOAS, the flags of a
         /// HWPT, ...).
         type State: Send + Sync + std::fmt::Debug + 'static;
+
+        /// Runs just before the object is destroyed (on drop or by `destroy`):
+        /// what must go first, such as the queue file that holds a reference to
+        /// the object in the kernel.
+        fn before_destroy(_state: &Self::State) {}
     }
 }
 
@@ -55,24 +60,27 @@ impl Core {
     }
 }
 
-impl Drop for Core {
-    fn drop(&mut self) {
-        // An ancestor of a leaked object stays (the kernel would refuse with EBUSY)
-        // until that object is destroyed by id.
-        if self.live.load(Ordering::Acquire) && !self.fd.leaks().keep(self.id) {
-            if let Err(e) = self.fd.destroy_id(self.id, self.describe()) {
-                log::error!(
-                    "iommufd: dropping {}: {e}; it stays until the file is closed",
-                    self.describe()
-                );
-            }
-        }
-    }
-}
-
 struct Node<K: ObjectKind> {
     core: Core,
     state: K::State,
+}
+
+impl<K: ObjectKind> Drop for Node<K> {
+    fn drop(&mut self) {
+        let core = &self.core;
+        // An ancestor of a leaked object stays (the kernel would refuse with EBUSY)
+        // until that object is destroyed by id.
+        if core.live.load(Ordering::Acquire) && !core.fd.leaks().keep(core.id) {
+            K::before_destroy(&self.state);
+            if let Err(e) = core.fd.destroy_id(core.id, core.describe()) {
+                log::error!(
+                    "iommufd: dropping {}: {e}; it stays until the file is closed",
+                    core.describe()
+                );
+            }
+        }
+        // Then the parents (in `core`) and the state are released.
+    }
 }
 
 impl<K: ObjectKind> Parent for Node<K> {
@@ -229,6 +237,7 @@ impl<K: ObjectKind> Object<K> {
                 });
             }
         };
+        K::before_destroy(&node.state);
         match node.core.fd.destroy_id(node.core.id, node.core.describe()) {
             Ok(()) => {
                 node.core.live.store(false, Ordering::Release);

@@ -55,6 +55,14 @@ pub const MOCK_APERTURE_LAST: u64 = st::MOCK_APERTURE_LAST as u64;
 pub const MOCK_PAGE_SIZE: u64 = st::MOCK_PAGE_SIZE as u64;
 /// The `test_reg` of a mock device's hardware information.
 pub const HW_INFO_SELFTEST_REGVAL: u32 = st::IOMMU_HW_INFO_SELFTEST_REGVAL;
+/// The value the kernel's tests give mock nested HWPTs' IOTLB entries
+/// (`IOMMU_TEST_IOTLB_DEFAULT`); any value works.
+pub const IOTLB_DEFAULT: u32 = st::IOMMU_TEST_IOTLB_DEFAULT;
+/// The value every entry of a mock device's cache starts with
+/// (`IOMMU_TEST_DEV_CACHE_DEFAULT`).
+pub const DEV_CACHE_DEFAULT: u32 = st::IOMMU_TEST_DEV_CACHE_DEFAULT;
+/// How many HW queues a mock vIOMMU has (`IOMMU_TEST_HW_QUEUE_MAX`).
+pub const HW_QUEUE_MAX: u32 = st::IOMMU_TEST_HW_QUEUE_MAX;
 
 /// The id of the kernel's selftest object behind a [`MockDevice`] (what
 /// `IOMMU_DESTROY` takes to unbind it).
@@ -521,6 +529,104 @@ pub fn set_dirty(hwpt: &Hwpt, dirty: &DirtyBitmap) -> Result<u64> {
     let out = test_cmd(hwpt.iommufd(), cmd, "IOMMU_TEST_OP_DIRTY", hwpt.id())?;
     // SAFETY: plain integers.
     Ok(unsafe { out.__bindgen_anon_1.dirty.out_nr_dirty })
+}
+
+/// Has the kernel check that entry `id` (0 to 3) of the mock IOTLB of nested HWPT
+/// `hwpt` holds `expected` (`IOMMU_TEST_OP_MD_CHECK_IOTLB`): entries start with the
+/// [`Stage1::Selftest`](crate::Stage1::Selftest) `iotlb` value and an invalidation
+/// sets them to 0. A mismatch fails with `EINVAL`.
+///
+/// ```no_run
+/// use iommufd::selftest::{self, MockDevice, MockDeviceFlags, IOTLB_DEFAULT};
+/// use iommufd::{Hwpt, HwptFlags, Ioas, Iommufd, NestedHwpt, SelftestHwptInvalidation, Stage1};
+/// let ioas = Ioas::alloc(&Iommufd::open()?)?;
+/// let mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1)?;
+/// let s2 = Hwpt::alloc(&ioas, &mock, HwptFlags::NEST_PARENT)?;
+/// let s1 = Stage1::Selftest { iotlb: IOTLB_DEFAULT };
+/// let nested = NestedHwpt::alloc(&s2, &mock, s1, HwptFlags::empty(), None)?;
+/// nested.invalidate(&[SelftestHwptInvalidation::one(1)?])?;
+/// selftest::check_iotlb(&nested, 1, 0)?;
+/// selftest::check_iotlb(&nested, 0, IOTLB_DEFAULT)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn check_iotlb(hwpt: &crate::NestedHwpt, id: u32, expected: u32) -> Result<()> {
+    let mut cmd = new_cmd(st::IOMMU_TEST_OP_MD_CHECK_IOTLB, hwpt.id().raw());
+    cmd.__bindgen_anon_1.check_iotlb =
+        st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_14 { id, iotlb: expected };
+    test_cmd(hwpt.iommufd(), cmd, "IOMMU_TEST_OP_MD_CHECK_IOTLB", hwpt.id()).map(drop)
+}
+
+/// Has the kernel check that entry `id` (0 to 3) of mock device `dev`'s cache
+/// holds `expected` (`IOMMU_TEST_OP_DEV_CHECK_CACHE`): entries start at
+/// [`DEV_CACHE_DEFAULT`] and a vIOMMU invalidation naming the device's vDEVICE
+/// sets them to 0. A mismatch fails with `EINVAL`.
+///
+/// ```no_run
+/// # fn f(mock: &iommufd::selftest::MockDevice) -> iommufd::Result<()> {
+/// use iommufd::selftest::{self, DEV_CACHE_DEFAULT};
+/// selftest::check_dev_cache(mock, 0, DEV_CACHE_DEFAULT)?;
+/// # Ok(()) }
+/// ```
+pub fn check_dev_cache(dev: &impl AsRef<Device>, id: u32, expected: u32) -> Result<()> {
+    let dev = dev.as_ref();
+    let mut cmd = new_cmd(st::IOMMU_TEST_OP_DEV_CHECK_CACHE, dev.id().raw());
+    cmd.__bindgen_anon_1.check_dev_cache =
+        st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_16 { id, cache: expected };
+    test_cmd(dev.iommufd(), cmd, "IOMMU_TEST_OP_DEV_CHECK_CACHE", dev.id()).map(drop)
+}
+
+/// Makes mock device `dev` raise a page request (`IOMMU_TEST_OP_TRIGGER_IOPF`): one
+/// fault at `addr` in PASID `pasid` (0: none) with group index `grpid`, asking for
+/// `perm`, flagged as its group's last page. It reaches the fault queue of the HWPT
+/// the device (or the PASID) is attached to.
+///
+/// ```no_run
+/// # fn f(mock: &iommufd::selftest::MockDevice, faults: &iommufd::FaultQueue) -> iommufd::Result<()> {
+/// use iommufd::{FaultPerm, PageResponse, selftest};
+/// selftest::trigger_iopf(mock, 0, 2, FaultPerm::READ | FaultPerm::WRITE, 0xdead_b000)?;
+/// let groups = faults.read()?;
+/// assert_eq!(groups[0].label, Some(mock.device().label()));
+/// faults.respond(groups[0].cookie, PageResponse::Success)?;
+/// # Ok(()) }
+/// ```
+pub fn trigger_iopf(
+    dev: &impl AsRef<Device>,
+    pasid: u32,
+    grpid: u32,
+    perm: crate::FaultPerm,
+    addr: u64,
+) -> Result<()> {
+    let dev = dev.as_ref();
+    let mut cmd = new_cmd(st::IOMMU_TEST_OP_TRIGGER_IOPF, 0);
+    cmd.__bindgen_anon_1.trigger_iopf = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_15 {
+        dev_id: dev.id().raw(),
+        pasid,
+        grpid,
+        perm: perm.bits(),
+        addr,
+    };
+    test_cmd(dev.iommufd(), cmd, "IOMMU_TEST_OP_TRIGGER_IOPF", dev.id()).map(drop)
+}
+
+/// Makes the mock vIOMMU report an event for mock device `dev`
+/// (`IOMMU_TEST_OP_TRIGGER_VEVENT`): it goes to the vIOMMU's selftest
+/// [`Veventq`](crate::Veventq), naming the device's virtual id. The device must be
+/// attached to a nested HWPT of a vIOMMU in which it has a vDEVICE (`ENOENT`
+/// otherwise); without a selftest vEVENTQ the kernel answers `EOPNOTSUPP`.
+///
+/// ```no_run
+/// # fn f(mock: &iommufd::selftest::MockDevice, q: &iommufd::Veventq) -> iommufd::Result<()> {
+/// iommufd::selftest::trigger_vevent(mock)?;
+/// let batch = q.read()?;
+/// assert_eq!(batch.events[0].device, Some((mock.device().id(), mock.device().label())));
+/// # Ok(()) }
+/// ```
+pub fn trigger_vevent(dev: &impl AsRef<Device>) -> Result<()> {
+    let dev = dev.as_ref();
+    let mut cmd = new_cmd(st::IOMMU_TEST_OP_TRIGGER_VEVENT, 0);
+    cmd.__bindgen_anon_1.trigger_vevent =
+        st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_17 { dev_id: dev.id().raw() };
+    test_cmd(dev.iommufd(), cmd, "IOMMU_TEST_OP_TRIGGER_VEVENT", dev.id()).map(drop)
 }
 
 #[cfg(test)]

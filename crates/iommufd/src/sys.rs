@@ -93,6 +93,12 @@ args! {
         uapi::iommu_option,
         uapi::iommu_hwpt_set_dirty_tracking,
         uapi::iommu_ioas_change_process,
+        uapi::iommu_vfio_ioas,
+        uapi::iommu_fault_alloc,
+        uapi::iommu_vdevice_alloc,
+        uapi::iommu_veventq_alloc,
+        uapi::iommu_hw_queue_alloc,
+        uapi::iommu_ioas_noiommu_get_pa,
         ProbeArg;
     pointers:
         uapi::iommu_ioas_map,
@@ -101,6 +107,8 @@ args! {
         uapi::iommu_hwpt_alloc,
         uapi::iommu_hw_info,
         uapi::iommu_hwpt_get_dirty_bitmap,
+        uapi::iommu_viommu_alloc,
+        uapi::iommu_hwpt_invalidate,
 }
 
 #[cfg(feature = "selftest")]

@@ -1,0 +1,548 @@
+//! vIOMMUs, their vDEVICEs and HW queues.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+
+use iommufd_uapi as uapi;
+
+use crate::ids::kind;
+use crate::invalidate::{ViommuInvalidation, batch_error, invalidate_raw};
+use crate::nested::probe_invalidation;
+use crate::object::{Object, sealed::ObjectState};
+use crate::sys::arg;
+use crate::{Device, DeviceId, Error, Hwpt, HwptFlags, Result, VdeviceId};
+
+/// The kind of vIOMMU to allocate, with its input data (`enum iommu_viommu_type`).
+///
+/// ```
+/// use iommufd::ViommuType;
+/// assert_eq!(ViommuType::ArmSmmuV3.code(), iommufd::uapi::IOMMU_VIOMMU_TYPE_ARM_SMMUV3);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ViommuType {
+    /// An ARM SMMUv3 (Linux 6.13): the vIOMMU holds the VM's VMID, nested HWPTs
+    /// take [`SmmuV3Ste`](crate::SmmuV3Ste)s, invalidations are
+    /// [`SmmuV3Command`](crate::SmmuV3Command)s.
+    ArmSmmuV3,
+    /// An SMMUv3 with NVIDIA Tegra241 CMDQV (Linux 6.17): adds command queues the
+    /// guest drives directly ([`HwQueue`]); the kernel returns the page of its
+    /// virtual interface to map ([`ViommuData::Tegra241Cmdqv`]).
+    Tegra241Cmdqv,
+    /// The kernel's mock vIOMMU (`IOMMU_VIOMMU_TYPE_SELFTEST`); `in_data` is echoed
+    /// back in [`ViommuData::Selftest`].
+    #[cfg(feature = "selftest")]
+    Selftest {
+        /// Any value; the mock copies it to `out_data`.
+        in_data: u32,
+    },
+}
+
+impl ViommuType {
+    /// The kernel's type code.
+    pub fn code(&self) -> u32 {
+        match self {
+            ViommuType::ArmSmmuV3 => uapi::IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
+            ViommuType::Tegra241Cmdqv => uapi::IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV,
+            #[cfg(feature = "selftest")]
+            ViommuType::Selftest { .. } => uapi::selftest::IOMMU_VIOMMU_TYPE_SELFTEST,
+        }
+    }
+}
+
+/// What the kernel returned when the vIOMMU was allocated.
+///
+/// The mmap offsets name a region of the iommufd file itself: `mmap(2)` of the
+/// [`Iommufd`](crate::Iommufd)'s fd at that offset maps the hardware page (for
+/// Tegra241 CMDQV, the VINTF page the guest drives its queues through).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ViommuData {
+    /// No data (SMMUv3).
+    None,
+    /// Tegra241 CMDQV: where to map the virtual interface's page.
+    Tegra241Cmdqv {
+        /// The `offset` argument of `mmap(2)` on the iommufd.
+        mmap_offset: u64,
+        /// The length of the region.
+        mmap_length: u64,
+    },
+    /// The mock vIOMMU.
+    #[cfg(feature = "selftest")]
+    Selftest {
+        /// The `in_data` it was allocated with, as the kernel returned it.
+        out_data: u32,
+        /// The `offset` argument of `mmap(2)` on the iommufd.
+        mmap_offset: u64,
+        /// The length of the region.
+        mmap_length: u64,
+    },
+}
+
+/// A vDEVICE of a vIOMMU, as the vIOMMU's table keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct VdevEntry {
+    vdevice: u32,
+    device: DeviceId,
+    label: u64,
+}
+
+/// What a vIOMMU keeps beside its id.
+pub struct ViommuState {
+    viommu_type: ViommuType,
+    data: ViommuData,
+    parent: Hwpt,
+    /// The vDEVICEs, by virtual id: how records and errors that name a virtual id
+    /// are traced to a device and its label.
+    vdevs: Mutex<BTreeMap<u64, VdevEntry>>,
+}
+
+impl ViommuState {
+    fn vdevs(&self) -> MutexGuard<'_, BTreeMap<u64, VdevEntry>> {
+        // One insert or remove per critical section: a poisoned map is consistent.
+        self.vdevs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl fmt::Debug for ViommuState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ViommuState")
+            .field("type", &self.viommu_type)
+            .field("data", &self.data)
+            .field("parent", &self.parent.id())
+            .field("vdevices", &self.vdevs().len())
+            .finish()
+    }
+}
+
+impl ObjectState for kind::Viommu {
+    type State = ViommuState;
+}
+
+/// A virtual IOMMU instance (`IOMMU_VIOMMU_ALLOC`, Linux 6.13): the host side of
+/// the IOMMU a VM sees, on one physical IOMMU, wrapping the stage-2 HWPT (the
+/// guest's RAM). It holds what the VM's devices behind that IOMMU share (an SMMUv3
+/// VMID), translates the guest's device ids ([`Vdevice`]), takes the guest's
+/// invalidation commands ([`Viommu::invalidate`]), reports events ([`Veventq`](crate::Veventq)),
+/// and is the parent of the guest's nested HWPTs.
+///
+/// A shared handle ([`Object`]) that holds its stage-2 HWPT; vDEVICEs, nested
+/// HWPTs, vEVENTQs and HW queues built on it hold it.
+///
+/// ```no_run
+/// use iommufd::{Hwpt, HwptFlags, Ioas, NestedHwpt, SmmuV3Command, SmmuV3Ste, Vdevice, Viommu, ViommuType};
+/// # fn f(dev: &iommufd::Device, ioas: &Ioas) -> iommufd::Result<()> {
+/// let s2 = Hwpt::alloc(ioas, dev, HwptFlags::NEST_PARENT)?;
+/// let viommu = Viommu::alloc(&s2, dev, ViommuType::ArmSmmuV3)?;
+/// let vdev = Vdevice::alloc(&viommu, dev, 0x10)?; // the guest sees stream id 0x10
+/// let nested = NestedHwpt::alloc(&viommu, dev, SmmuV3Ste::bypass().into(), HwptFlags::empty(), None)?;
+/// dev.attach(&nested)?;
+/// viommu.invalidate(&[SmmuV3Command::cfgi_cd_all(0x10), SmmuV3Command::tlbi_nh_all()])?;
+/// # Ok(()) }
+/// ```
+pub type Viommu = Object<kind::Viommu>;
+
+impl Object<kind::Viommu> {
+    /// Allocates a vIOMMU of `viommu_type` on the physical IOMMU behind `dev`,
+    /// wrapping `parent`, which must be a HWPT allocated with
+    /// [`HwptFlags::NEST_PARENT`] ([`Error::InvalidArgument`] otherwise, before
+    /// the kernel is asked). The kernel answers [`Error::Unsupported`] for a type
+    /// the IOMMU does not have.
+    pub fn alloc(
+        parent: &Hwpt,
+        dev: &impl AsRef<Device>,
+        viommu_type: ViommuType,
+    ) -> Result<Viommu> {
+        const OP: &str = "IOMMU_VIOMMU_ALLOC";
+        let dev = dev.as_ref();
+        let fd = parent.iommufd();
+        dev.check_file(fd, OP)?;
+        if !parent.flags().contains(HwptFlags::NEST_PARENT) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: "the HWPT was not allocated with HwptFlags::NEST_PARENT",
+            });
+        }
+        let mut a: uapi::iommu_viommu_alloc = arg();
+        a.type_ = viommu_type.code();
+        a.dev_id = dev.id().raw();
+        a.hwpt_id = parent.id().raw();
+        let mut tegra = uapi::iommu_viommu_tegra241_cmdqv::default();
+        #[cfg(feature = "selftest")]
+        let mut mock = uapi::selftest::iommu_viommu_selftest::default();
+        match viommu_type {
+            ViommuType::ArmSmmuV3 => {}
+            ViommuType::Tegra241Cmdqv => {
+                a.data_uptr = (&raw mut tegra) as u64;
+                a.data_len = size_of_val(&tegra) as u32;
+            }
+            #[cfg(feature = "selftest")]
+            ViommuType::Selftest { in_data } => {
+                mock.in_data = in_data;
+                a.data_uptr = (&raw mut mock) as u64;
+                a.data_len = size_of_val(&mock) as u32;
+            }
+        }
+        // SAFETY: `data_uptr` is 0 with `data_len` 0, or points to the type's data
+        // structure (a local, not otherwise referenced during the call) of exactly
+        // `data_len` bytes, which the kernel reads and writes.
+        unsafe { fd.ioctl(uapi::IOMMU_VIOMMU_ALLOC, &mut a) }.map_err(|e| match e.0 {
+            libc::ENOENT => Error::naming_object(OP, dev.id(), e.0),
+            errno => Error::from_errno(
+                OP,
+                format_args!("{} on {} for {}", viommu_type.code(), parent.id(), dev.id()),
+                errno,
+            ),
+        })?;
+        let data = match viommu_type {
+            ViommuType::ArmSmmuV3 => ViommuData::None,
+            ViommuType::Tegra241Cmdqv => ViommuData::Tegra241Cmdqv {
+                mmap_offset: tegra.out_vintf_mmap_offset,
+                mmap_length: tegra.out_vintf_mmap_length,
+            },
+            #[cfg(feature = "selftest")]
+            ViommuType::Selftest { .. } => ViommuData::Selftest {
+                out_data: mock.out_data,
+                mmap_offset: mock.out_mmap_offset,
+                mmap_length: mock.out_mmap_length,
+            },
+        };
+        Ok(Object::from_parts(
+            fd,
+            a.out_viommu_id,
+            vec![parent.as_parent()],
+            ViommuState {
+                viommu_type,
+                data,
+                parent: parent.clone(),
+                vdevs: Mutex::default(),
+            },
+        ))
+    }
+
+    /// The type it was allocated with.
+    pub fn viommu_type(&self) -> ViommuType {
+        self.state().viommu_type
+    }
+
+    /// What the kernel returned at allocation.
+    pub fn data(&self) -> ViommuData {
+        self.state().data
+    }
+
+    /// The stage-2 HWPT it wraps.
+    pub fn parent(&self) -> &Hwpt {
+        &self.state().parent
+    }
+
+    /// The device with virtual id `virt_id` in this vIOMMU (through its
+    /// [`Vdevice`]), and its label.
+    ///
+    /// ```no_run
+    /// # fn f(viommu: &iommufd::Viommu, dev: &iommufd::Device) -> iommufd::Result<()> {
+    /// let vdev = iommufd::Vdevice::alloc(viommu, dev, 0x10)?;
+    /// assert_eq!(viommu.device_of(0x10), Some((dev.id(), dev.label())));
+    /// # Ok(()) }
+    /// ```
+    pub fn device_of(&self, virt_id: u64) -> Option<(DeviceId, u64)> {
+        self.state()
+            .vdevs()
+            .get(&virt_id)
+            .map(|e| (e.device, e.label))
+    }
+
+    /// The vDEVICE with virtual id `virt_id`, if this vIOMMU has one.
+    pub fn vdevice_of(&self, virt_id: u64) -> Option<VdeviceId> {
+        self.state()
+            .vdevs()
+            .get(&virt_id)
+            .map(|e| VdeviceId::new(e.vdevice, self.iommufd().token()))
+    }
+
+    /// Sends the guest's invalidation commands to the IOMMU: all `entries` in one
+    /// `IOMMU_HWPT_INVALIDATE` call, however many. Device ids in them are the
+    /// guest's (virtual ids of this vIOMMU's [`Vdevice`]s).
+    ///
+    /// If the kernel stops part way, [`Error::InvalidationIncomplete`] says how many
+    /// were handled and which was refused, with the label of the device it names.
+    ///
+    /// ```no_run
+    /// use iommufd::{Error, SmmuV3Command};
+    /// # fn f(viommu: &iommufd::Viommu, queue: &[[u64; 2]]) -> iommufd::Result<()> {
+    /// // Commands from the guest's command queue, checked on the way in.
+    /// let cmds: Vec<SmmuV3Command> = queue
+    ///     .iter()
+    ///     .map(|w| SmmuV3Command::from_words(*w))
+    ///     .collect::<Result<_, _>>()
+    ///     .map_err(|source| Error::Stage1 { op: "guest CMDQ", source })?;
+    /// viommu.invalidate(&cmds)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn invalidate<E: ViommuInvalidation>(&self, entries: &[E]) -> Result<()> {
+        invalidate_raw(self.iommufd(), self.id().raw(), entries).map_err(|f| {
+            batch_error(self.id().to_string(), entries, f, |e| {
+                e.virt_id()
+                    .and_then(|v| self.device_of(v))
+                    .map(|(_, label)| label)
+            })
+        })
+    }
+
+    /// Whether the kernel takes invalidation entries of type `E` for this vIOMMU:
+    /// an `IOMMU_HWPT_INVALIDATE` with no entries, which invalidates nothing.
+    ///
+    /// The SMMUv3 driver refuses every empty batch (Linux 7.3 answers `EINVAL`
+    /// whatever the type), so for an SMMUv3 vIOMMU and [`SmmuV3Command`](crate::SmmuV3Command)
+    /// entries the answer is whether the kernel has the command at all.
+    pub fn supports_invalidation<E: ViommuInvalidation>(&self) -> Result<bool> {
+        let smmu = matches!(
+            self.viommu_type(),
+            ViommuType::ArmSmmuV3 | ViommuType::Tegra241Cmdqv
+        );
+        if smmu && E::DATA_TYPE == uapi::IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3 {
+            return Ok(self
+                .iommufd()
+                .probe()
+                .supports(crate::Command::HwptInvalidate));
+        }
+        probe_invalidation::<E>(self.iommufd(), self.id().raw(), self.id().to_string())
+    }
+}
+
+/// What a vDEVICE keeps beside its id.
+#[derive(Debug)]
+pub struct VdeviceState {
+    viommu: Viommu,
+    device: Device,
+    virt_id: u64,
+}
+
+impl Drop for VdeviceState {
+    fn drop(&mut self) {
+        // After the vDEVICE was destroyed (the core sends DESTROY first).
+        let mut vdevs = self.viommu.state().vdevs();
+        if vdevs
+            .get(&self.virt_id)
+            .is_some_and(|e| e.device == self.device.id())
+        {
+            vdevs.remove(&self.virt_id);
+        }
+    }
+}
+
+impl ObjectState for kind::Vdevice {
+    type State = VdeviceState;
+}
+
+/// A device as a vIOMMU's guest sees it (`IOMMU_VDEVICE_ALLOC`, Linux 6.13): the
+/// device with the id the guest knows it by (its virtual id: an SMMUv3 vSID, an
+/// AMD vDeviceID, a VT-d vRID).
+///
+/// A shared handle ([`Object`]) that holds its vIOMMU and its device, so it is
+/// always destroyed before either: the device stays bound while the vDEVICE
+/// exists.
+///
+/// ```no_run
+/// # fn f(viommu: &iommufd::Viommu, dev: &iommufd::Device) -> iommufd::Result<()> {
+/// use iommufd::{Error, Vdevice};
+/// let vdev = Vdevice::alloc(viommu, dev, 0x10)?;
+/// assert_eq!(vdev.virt_id(), 0x10);
+/// # Ok(()) }
+/// ```
+pub type Vdevice = Object<kind::Vdevice>;
+
+impl Object<kind::Vdevice> {
+    /// Gives `dev` the virtual id `virt_id` in `viommu`.
+    ///
+    /// A virtual id another device has in this vIOMMU, or a device that has a
+    /// vDEVICE already, is [`Error::DuplicateVdevice`] (the former before the
+    /// kernel is asked).
+    pub fn alloc(viommu: &Viommu, dev: &impl AsRef<Device>, virt_id: u64) -> Result<Vdevice> {
+        const OP: &str = "IOMMU_VDEVICE_ALLOC";
+        let dev = dev.as_ref();
+        let fd = viommu.iommufd();
+        dev.check_file(fd, OP)?;
+        let mut vdevs = viommu.state().vdevs();
+        if let Some(e) = vdevs.get(&virt_id) {
+            return Err(Error::DuplicateVdevice {
+                viommu: viommu.id().to_string(),
+                virt_id,
+                holder: Some(e.device),
+            });
+        }
+        let mut a: uapi::iommu_vdevice_alloc = arg();
+        a.viommu_id = viommu.id().raw();
+        a.dev_id = dev.id().raw();
+        a.virt_id = virt_id;
+        fd.ioctl_plain(uapi::IOMMU_VDEVICE_ALLOC, &mut a)
+            .map_err(|e| match e.0 {
+                libc::EEXIST => Error::DuplicateVdevice {
+                    viommu: viommu.id().to_string(),
+                    virt_id,
+                    holder: None,
+                },
+                libc::ENOENT => Error::naming_object(OP, dev.id(), e.0),
+                errno => Error::from_errno(
+                    OP,
+                    format_args!("{} in {} as {virt_id:#x}", dev.id(), viommu.id()),
+                    errno,
+                ),
+            })?;
+        vdevs.insert(
+            virt_id,
+            VdevEntry {
+                vdevice: a.out_vdevice_id,
+                device: dev.id(),
+                label: dev.label(),
+            },
+        );
+        drop(vdevs);
+        Ok(Object::from_parts(
+            fd,
+            a.out_vdevice_id,
+            vec![viommu.as_parent()],
+            VdeviceState {
+                viommu: viommu.clone(),
+                device: dev.clone(),
+                virt_id,
+            },
+        ))
+    }
+
+    /// The guest's id of the device.
+    pub fn virt_id(&self) -> u64 {
+        self.state().virt_id
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.state().device
+    }
+
+    /// The vIOMMU.
+    pub fn viommu(&self) -> &Viommu {
+        &self.state().viommu
+    }
+}
+
+/// The kind of HW queue (`enum iommu_hw_queue_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HwQueueType {
+    /// A Tegra241 CMDQV virtual command queue (Linux 6.17).
+    Tegra241Cmdqv,
+    /// The kernel's mock HW queue.
+    #[cfg(feature = "selftest")]
+    Selftest,
+}
+
+impl HwQueueType {
+    /// The kernel's type code.
+    pub fn code(&self) -> u32 {
+        match self {
+            HwQueueType::Tegra241Cmdqv => uapi::IOMMU_HW_QUEUE_TYPE_TEGRA241_CMDQV,
+            #[cfg(feature = "selftest")]
+            HwQueueType::Selftest => uapi::selftest::IOMMU_HW_QUEUE_TYPE_SELFTEST,
+        }
+    }
+}
+
+/// What a HW queue keeps beside its id.
+#[derive(Debug)]
+pub struct HwQueueState {
+    viommu: Viommu,
+    queue_type: HwQueueType,
+    index: u32,
+    gpa: u64,
+    len: u64,
+}
+
+impl ObjectState for kind::HwQueue {
+    type State = HwQueueState;
+}
+
+/// A queue the IOMMU hardware reads from guest memory directly
+/// (`IOMMU_HW_QUEUE_ALLOC`, Linux 6.17): e.g. a Tegra241 CMDQV command queue the
+/// guest fills without exits.
+///
+/// The queue's memory is the guest's, at a guest-physical address (an IOVA of the
+/// vIOMMU's stage-2 HWPT): it must be mapped there, and the kernel keeps those
+/// pages pinned while the queue exists. A shared handle ([`Object`]) that holds
+/// its vIOMMU.
+///
+/// ```no_run
+/// use iommufd::{HwQueue, HwQueueType};
+/// # fn f(viommu: &iommufd::Viommu) -> iommufd::Result<()> {
+/// // Queue 0 of the guest's VINTF, 64 KiB at GPA 0x8000_0000.
+/// let q = HwQueue::alloc(viommu, HwQueueType::Tegra241Cmdqv, 0, 0x8000_0000, 0x10000)?;
+/// # Ok(()) }
+/// ```
+pub type HwQueue = Object<kind::HwQueue>;
+
+impl Object<kind::HwQueue> {
+    /// Allocates HW queue `index` of `viommu` over `len` bytes of guest memory at
+    /// `gpa`.
+    pub fn alloc(
+        viommu: &Viommu,
+        queue_type: HwQueueType,
+        index: u32,
+        gpa: u64,
+        len: u64,
+    ) -> Result<HwQueue> {
+        const OP: &str = "IOMMU_HW_QUEUE_ALLOC";
+        if len == 0 || gpa.checked_add(len - 1).is_none() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: "the queue memory is empty or wraps around the address space",
+            });
+        }
+        let mut a: uapi::iommu_hw_queue_alloc = arg();
+        a.viommu_id = viommu.id().raw();
+        a.type_ = queue_type.code();
+        a.index = index;
+        a.nesting_parent_iova = gpa;
+        a.length = len;
+        let fd = viommu.iommufd();
+        fd.ioctl_plain(uapi::IOMMU_HW_QUEUE_ALLOC, &mut a)
+            .map_err(|e| {
+                Error::naming_object(
+                    OP,
+                    format_args!("queue {index} of {} at GPA {gpa:#x}", viommu.id()),
+                    e.0,
+                )
+            })?;
+        Ok(Object::from_parts(
+            fd,
+            a.out_hw_queue_id,
+            vec![viommu.as_parent()],
+            HwQueueState {
+                viommu: viommu.clone(),
+                queue_type,
+                index,
+                gpa,
+                len,
+            },
+        ))
+    }
+
+    /// The vIOMMU.
+    pub fn viommu(&self) -> &Viommu {
+        &self.state().viommu
+    }
+
+    /// The type.
+    pub fn queue_type(&self) -> HwQueueType {
+        self.state().queue_type
+    }
+
+    /// The queue's index in its vIOMMU.
+    pub fn index(&self) -> u32 {
+        self.state().index
+    }
+
+    /// The guest-physical range of its memory.
+    pub fn memory(&self) -> (u64, u64) {
+        (self.state().gpa, self.state().len)
+    }
+}
