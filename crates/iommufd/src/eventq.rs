@@ -630,7 +630,8 @@ impl VeventSequence {
     ) -> std::result::Result<Vec<VeventRecord>, DecodeError> {
         const HDR: usize = size_of::<uapi::iommufd_vevent_header>();
         let data_len = queue_type.data_len();
-        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let u32_at =
+            |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let u64_at = |o: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&bytes[o..o + 8]);
@@ -824,12 +825,12 @@ impl Object<kind::Veventq> {
             .file
             .read(&mut buf)
             .map_err(|e| Error::from_errno("read", self.id(), e))?;
-        let records = seq
-            .decode(s.queue_type, &buf[..n])
-            .map_err(|source| Error::RecordDecode {
-                queue: self.id().to_string(),
-                source,
-            })?;
+        let records =
+            seq.decode(s.queue_type, &buf[..n])
+                .map_err(|source| Error::RecordDecode {
+                    queue: self.id().to_string(),
+                    source,
+                })?;
         drop(seq);
         let mut batch = VeventBatch::default();
         for r in records {
@@ -853,7 +854,11 @@ impl Object<kind::Veventq> {
             .file
             .wait(timeout)
             .map_err(|e| Error::from_errno("poll", self.id(), e))?;
-        if ready { self.read() } else { Ok(VeventBatch::default()) }
+        if ready {
+            self.read()
+        } else {
+            Ok(VeventBatch::default())
+        }
     }
 }
 
@@ -878,7 +883,15 @@ impl fmt::Display for PageResponse {
 mod tests {
     use super::*;
 
-    fn rec(flags: u32, dev: u32, pasid: u32, grpid: u32, perm: u32, addr: u64, cookie: u32) -> Vec<u8> {
+    fn rec(
+        flags: u32,
+        dev: u32,
+        pasid: u32,
+        grpid: u32,
+        perm: u32,
+        addr: u64,
+        cookie: u32,
+    ) -> Vec<u8> {
         let mut b = Vec::new();
         for v in [flags, dev, pasid, grpid, perm, 0] {
             b.extend_from_slice(&v.to_le_bytes());
@@ -936,8 +949,14 @@ mod tests {
         b.extend([1u8; 16]);
         b.extend(hdr(1, 6)); // 4..=6 lost
         let r = s.decode(t, &b).unwrap();
-        assert_eq!(r.iter().map(|r| r.lost_before).collect::<Vec<_>>(), [0, 2, 3]);
-        assert_eq!(r[1].data, Some(VeventData::Tegra241Cmdqv([0x0101_0101_0101_0101; 2])));
+        assert_eq!(
+            r.iter().map(|r| r.lost_before).collect::<Vec<_>>(),
+            [0, 2, 3]
+        );
+        assert_eq!(
+            r[1].data,
+            Some(VeventData::Tegra241Cmdqv([0x0101_0101_0101_0101; 2]))
+        );
         // Next read continues at 7; the wrap from i32::MAX to 0 is no gap.
         let mut b = hdr(0, 7);
         b.extend([0u8; 16]);

@@ -172,18 +172,22 @@ impl Object<kind::Hwpt> {
         if let Some(q) = fault {
             q.check_file(fd, OP)?;
         }
-        let out = alloc_ioctl(fd, flags, dev.id().raw(), ioas.id().raw(), None, fault)
-            .map_err(|e| match e.0 {
-                // ENOENT: the device is gone. EINVAL: the kernel's answer for a `pt_id`
-                // that names no object: say so if the IOAS is gone.
-                libc::ENOENT => Error::naming_object(OP, dev.id(), e.0),
-                libc::EINVAL if !ioas.exists() => Error::NotFound {
-                    op: OP,
-                    object: ioas.id().to_string(),
-                    errno: e.0,
-                },
-                errno => {
-                    Error::from_errno(OP, format_args!("{} with {}", dev.id(), ioas.id()), errno)
+        let out =
+            alloc_ioctl(fd, flags, dev.id().raw(), ioas.id().raw(), None, fault).map_err(|e| {
+                match e.0 {
+                    // ENOENT: the device is gone. EINVAL: the kernel's answer for a `pt_id`
+                    // that names no object: say so if the IOAS is gone.
+                    libc::ENOENT => Error::naming_object(OP, dev.id(), e.0),
+                    libc::EINVAL if !ioas.exists() => Error::NotFound {
+                        op: OP,
+                        object: ioas.id().to_string(),
+                        errno: e.0,
+                    },
+                    errno => Error::from_errno(
+                        OP,
+                        format_args!("{} with {}", dev.id(), ioas.id()),
+                        errno,
+                    ),
                 }
             })?;
         let mut parents = vec![ioas.as_parent()];

@@ -77,7 +77,11 @@ impl VtdS1Invalidation {
         Ok(VtdS1Invalidation(uapi::iommu_hwpt_vtd_s1_invalidate {
             addr,
             npages,
-            flags: if leaf { uapi::IOMMU_VTD_INV_FLAGS_LEAF } else { 0 },
+            flags: if leaf {
+                uapi::IOMMU_VTD_INV_FLAGS_LEAF
+            } else {
+                0
+            },
             __reserved: 0,
         }))
     }
@@ -324,7 +328,11 @@ impl SmmuV3Command {
 impl fmt::Debug for SmmuV3Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let [a, b] = self.words();
-        write!(f, "SmmuV3Command({:?}, [{a:#018x}, {b:#018x}])", self.opcode())
+        write!(
+            f,
+            "SmmuV3Command({:?}, [{a:#018x}, {b:#018x}])",
+            self.opcode()
+        )
     }
 }
 
@@ -400,9 +408,10 @@ fn invalidate_call<E: InvalidationEntry>(
     }
 }
 
-/// Turns a failed batch into the crate's error: `Unsupported` if the kernel refused
-/// the command or data type before handling any entry, else
-/// `InvalidationIncomplete` naming the first entry not handled.
+/// Turns a failed batch into the crate's error: `Unsupported` if the kernel does
+/// not know the command (`ENOTTY`), `NotFound` if the object is gone, else
+/// `InvalidationIncomplete` naming the first entry not handled (an IOMMU without
+/// invalidation for the object refuses the first entry with `EOPNOTSUPP`).
 pub(crate) fn batch_error<E: InvalidationEntry>(
     object: String,
     entries: &[E],
@@ -410,10 +419,7 @@ pub(crate) fn batch_error<E: InvalidationEntry>(
     label_of: impl Fn(&E) -> Option<u64>,
 ) -> Error {
     const OP: &str = "IOMMU_HWPT_INVALIDATE";
-    if f.handled == 0 && crate::error::is_unsupported_errno(f.errno.0) {
-        return Error::from_errno(OP, object, f.errno.0);
-    }
-    if f.errno.0 == libc::ENOENT && f.handled == 0 && entries.is_empty() {
+    if f.handled == 0 && matches!(f.errno.0, libc::ENOTTY | libc::ENOENT) {
         return Error::naming_object(OP, object, f.errno.0);
     }
     let index = f.handled as usize;
@@ -548,7 +554,13 @@ mod tests {
         assert_eq!(cmds[0].virt_id(), Some(7));
         // An ASID in TLBI_NH_ALL is a reserved field there.
         let e = SmmuV3Command::from_words([0x10 | 1 << 48, 0]).unwrap_err();
-        assert_eq!(e, Stage1Error::ReservedBits { word: 0, bits: 1 << 48 });
+        assert_eq!(
+            e,
+            Stage1Error::ReservedBits {
+                word: 0,
+                bits: 1 << 48
+            }
+        );
         assert!(SmmuV3Command::from_words([0x40, 53]).is_err());
         assert!(SmmuV3Command::from_words([0x30, 0]).is_ok());
         assert!(SmmuV3Command::from_words([0x03, 0]).is_err(), "CFGI_STE");

@@ -527,6 +527,44 @@ impl Object<kind::Ioas> {
         Ok(a.length)
     }
 
+    /// The physical address behind `iova` and how many bytes from there (at most
+    /// `max_len`) are physically contiguous (`IOMMU_IOAS_NOIOMMU_GET_PA`, Linux 7.x
+    /// with `CONFIG_IOMMUFD_NOIOMMU`).
+    ///
+    /// Only for an IOAS used by no-IOMMU devices (VFIO's unsafe no-IOMMU mode),
+    /// which DMA to physical addresses: the kernel answers `EOPNOTSUPP` for an IOAS
+    /// that an IOMMU translates, `ENOENT` for an unmapped IOVA, and `EPERM` to a
+    /// caller without `CAP_SYS_RAWIO`. Kernels without the command (or the option)
+    /// give [`Error::Unsupported`].
+    ///
+    /// ```no_run
+    /// # fn f(ioas: &iommufd::Ioas) -> iommufd::Result<()> {
+    /// use iommufd::Iova;
+    /// let (phys, contiguous) = ioas.noiommu_phys(Iova(0x10_0000), 1 << 20)?;
+    /// println!("program the device with {phys:#x} ({contiguous:#x} bytes)");
+    /// # Ok(()) }
+    /// ```
+    pub fn noiommu_phys(&self, iova: Iova, max_len: u64) -> Result<(u64, u64)> {
+        const OP: &str = "IOMMU_IOAS_NOIOMMU_GET_PA";
+        if max_len == 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: "the length to query must not be 0",
+            });
+        }
+        let mut a: uapi::iommu_ioas_noiommu_get_pa = arg();
+        a.ioas_id = self.raw();
+        a.iova = iova.raw();
+        a.length = max_len;
+        self.iommufd()
+            .ioctl_plain(uapi::IOMMU_IOAS_NOIOMMU_GET_PA, &mut a)
+            .map_err(|e| match e.0 {
+                libc::ENOENT if !self.exists() => self.missing(OP),
+                errno => Error::from_errno(OP, format_args!("{iova} in {}", self.id()), errno),
+            })?;
+        Ok((a.out_phys, a.length))
+    }
+
     /// Whether the kernel still has this IOAS (a lookup with `IOMMU_IOAS_IOVA_RANGES`
     /// asking for no ranges), to tell a missing IOAS from other `ENOENT`s.
     pub(crate) fn exists(&self) -> bool {

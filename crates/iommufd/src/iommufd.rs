@@ -12,7 +12,7 @@ use iommufd_uapi as uapi;
 
 use crate::labels::Labels;
 use crate::sys::arg;
-use crate::{DeviceId, Error, Result};
+use crate::{DeviceId, Error, Ioas, IoasId, Result};
 
 /// The conventional path of the iommufd character device.
 ///
@@ -441,6 +441,54 @@ impl Iommufd {
         let mut a: uapi::iommu_ioas_change_process = arg();
         self.ioctl_plain(uapi::IOMMU_IOAS_CHANGE_PROCESS, &mut a)
             .map_err(|e| Error::from_errno("IOMMU_IOAS_CHANGE_PROCESS", "iommufd", e.0))
+    }
+
+    /// The IOAS that VFIO type1 compatibility uses (`IOMMU_VFIO_IOAS` GET): the
+    /// IOAS a legacy VFIO container on this file maps into. `None` when there is
+    /// none (the kernel answers `ENODEV`); asking creates nothing.
+    ///
+    /// ```no_run
+    /// # let fd = iommufd::Iommufd::open()?;
+    /// let ioas = iommufd::Ioas::alloc(&fd)?;
+    /// fd.set_vfio_compat_ioas(&ioas)?;
+    /// assert_eq!(fd.vfio_compat_ioas()?, Some(ioas.id()));
+    /// fd.clear_vfio_compat_ioas()?;
+    /// assert_eq!(fd.vfio_compat_ioas()?, None);
+    /// # Ok::<(), iommufd::Error>(())
+    /// ```
+    pub fn vfio_compat_ioas(&self) -> Result<Option<IoasId>> {
+        match self.vfio_ioas(uapi::IOMMU_VFIO_IOAS_GET, 0) {
+            Ok(id) => Ok(Some(IoasId::new(id, self.token()))),
+            Err(e) if e.0 == libc::ENODEV => Ok(None),
+            Err(e) => Err(Error::from_errno("IOMMU_VFIO_IOAS", "iommufd", e.0)),
+        }
+    }
+
+    /// Makes `ioas` the IOAS of VFIO type1 compatibility (`IOMMU_VFIO_IOAS` SET),
+    /// for a VMM that drives a passthrough device through a legacy VFIO container
+    /// opened on this file. The kernel keeps no reference: when `ioas` is
+    /// destroyed, the file has no compatibility IOAS again.
+    pub fn set_vfio_compat_ioas(&self, ioas: &Ioas) -> Result<()> {
+        ioas.check_file(self, "IOMMU_VFIO_IOAS")?;
+        self.vfio_ioas(uapi::IOMMU_VFIO_IOAS_SET, ioas.id().raw())
+            .map(drop)
+            .map_err(|e| Error::naming_object("IOMMU_VFIO_IOAS", ioas.id(), e.0))
+    }
+
+    /// Ends VFIO type1 compatibility on this file (`IOMMU_VFIO_IOAS` CLEAR); the
+    /// IOAS itself stays.
+    pub fn clear_vfio_compat_ioas(&self) -> Result<()> {
+        self.vfio_ioas(uapi::IOMMU_VFIO_IOAS_CLEAR, 0)
+            .map(drop)
+            .map_err(|e| Error::from_errno("IOMMU_VFIO_IOAS", "iommufd", e.0))
+    }
+
+    fn vfio_ioas(&self, op: u32, id: u32) -> std::result::Result<u32, crate::sys::Errno> {
+        let mut a: uapi::iommu_vfio_ioas = arg();
+        a.op = op as u16;
+        a.ioas_id = id;
+        self.ioctl_plain(uapi::IOMMU_VFIO_IOAS, &mut a)?;
+        Ok(a.ioas_id)
     }
 
     /// The label of the device this file names `dev` (a bound

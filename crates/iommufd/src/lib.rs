@@ -201,12 +201,12 @@ pub use crate::ids::{
     DeviceId, FaultQueueId, HwQueueId, HwptId, Id, IoasId, NestedHwptId, VdeviceId, VeventqId,
     ViommuId, kind,
 };
-#[cfg(feature = "selftest")]
-pub use crate::invalidate::{SelftestHwptInvalidation, SelftestViommuInvalidation};
 pub use crate::invalidate::{
     HwptInvalidation, InvalidationEntry, SmmuV3Command, SmmuV3Opcode, ViommuInvalidation,
     VtdS1Invalidation,
 };
+#[cfg(feature = "selftest")]
+pub use crate::invalidate::{SelftestHwptInvalidation, SelftestViommuInvalidation};
 pub use crate::ioas::{HugePages, Ioas, MapFlags};
 pub use crate::iommufd::{DEFAULT_PATH, Iommufd, RlimitMode};
 pub use crate::iova::{Iova, IovaRange, IovaRanges};

@@ -191,7 +191,12 @@ impl Object<kind::NestedHwpt> {
             libc::ENOENT => Error::naming_object(OP, dev.id(), e.0),
             errno => Error::from_errno(
                 OP,
-                format_args!("{} on {} for {}", stage1.data_type(), parent.describe(), dev.id()),
+                format_args!(
+                    "{} on {} for {}",
+                    stage1.data_type(),
+                    parent.describe(),
+                    dev.id()
+                ),
                 errno,
             ),
         })?;
@@ -209,6 +214,18 @@ impl Object<kind::NestedHwpt> {
                 label: dev.label(),
             },
         ))
+    }
+
+    /// The HWPT's id as a [`HwptId`](crate::HwptId): the kernel numbers nested and
+    /// paging HWPTs alike, and [`Device::attach`] answers with this.
+    ///
+    /// ```no_run
+    /// # fn f(dev: &iommufd::Device, nested: &iommufd::NestedHwpt) -> iommufd::Result<()> {
+    /// assert_eq!(dev.attach(nested)?, nested.hwpt_id());
+    /// # Ok(()) }
+    /// ```
+    pub fn hwpt_id(&self) -> crate::HwptId {
+        crate::HwptId::new(self.id().raw(), self.iommufd().token())
     }
 
     /// What the HWPT is built on.
@@ -236,8 +253,10 @@ impl Object<kind::NestedHwpt> {
     ///
     /// If the kernel stops part way, [`Error::InvalidationIncomplete`] says how many
     /// entries were handled and which one was refused, with the label of the device
-    /// the HWPT was allocated for. A kernel or IOMMU without the entry type gives
-    /// [`Error::Unsupported`]; [`NestedHwpt::supports_invalidation`] asks first.
+    /// the HWPT was allocated for (an IOMMU that has no invalidation of this type
+    /// refuses the first entry, often with `EOPNOTSUPP` or `EINVAL`:
+    /// [`NestedHwpt::supports_invalidation`] asks first). A kernel without the
+    /// command gives [`Error::Unsupported`].
     ///
     /// ```no_run
     /// use iommufd::{Error, VtdS1Invalidation};
@@ -284,6 +303,10 @@ pub(crate) fn probe_invalidation<E: crate::InvalidationEntry>(
         Err(f) if crate::error::is_unsupported_errno(f.errno.0) || f.errno.0 == libc::EINVAL => {
             Ok(false)
         }
-        Err(f) => Err(Error::naming_object("IOMMU_HWPT_INVALIDATE", object, f.errno.0)),
+        Err(f) => Err(Error::naming_object(
+            "IOMMU_HWPT_INVALIDATE",
+            object,
+            f.errno.0,
+        )),
     }
 }

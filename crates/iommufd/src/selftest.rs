@@ -551,9 +551,17 @@ pub fn set_dirty(hwpt: &Hwpt, dirty: &DirtyBitmap) -> Result<u64> {
 /// ```
 pub fn check_iotlb(hwpt: &crate::NestedHwpt, id: u32, expected: u32) -> Result<()> {
     let mut cmd = new_cmd(st::IOMMU_TEST_OP_MD_CHECK_IOTLB, hwpt.id().raw());
-    cmd.__bindgen_anon_1.check_iotlb =
-        st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_14 { id, iotlb: expected };
-    test_cmd(hwpt.iommufd(), cmd, "IOMMU_TEST_OP_MD_CHECK_IOTLB", hwpt.id()).map(drop)
+    cmd.__bindgen_anon_1.check_iotlb = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_14 {
+        id,
+        iotlb: expected,
+    };
+    test_cmd(
+        hwpt.iommufd(),
+        cmd,
+        "IOMMU_TEST_OP_MD_CHECK_IOTLB",
+        hwpt.id(),
+    )
+    .map(drop)
 }
 
 /// Has the kernel check that entry `id` (0 to 3) of mock device `dev`'s cache
@@ -570,9 +578,17 @@ pub fn check_iotlb(hwpt: &crate::NestedHwpt, id: u32, expected: u32) -> Result<(
 pub fn check_dev_cache(dev: &impl AsRef<Device>, id: u32, expected: u32) -> Result<()> {
     let dev = dev.as_ref();
     let mut cmd = new_cmd(st::IOMMU_TEST_OP_DEV_CHECK_CACHE, dev.id().raw());
-    cmd.__bindgen_anon_1.check_dev_cache =
-        st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_16 { id, cache: expected };
-    test_cmd(dev.iommufd(), cmd, "IOMMU_TEST_OP_DEV_CHECK_CACHE", dev.id()).map(drop)
+    cmd.__bindgen_anon_1.check_dev_cache = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_16 {
+        id,
+        cache: expected,
+    };
+    test_cmd(
+        dev.iommufd(),
+        cmd,
+        "IOMMU_TEST_OP_DEV_CHECK_CACHE",
+        dev.id(),
+    )
+    .map(drop)
 }
 
 /// Makes mock device `dev` raise a page request (`IOMMU_TEST_OP_TRIGGER_IOPF`): one
@@ -624,8 +640,9 @@ pub fn trigger_iopf(
 pub fn trigger_vevent(dev: &impl AsRef<Device>) -> Result<()> {
     let dev = dev.as_ref();
     let mut cmd = new_cmd(st::IOMMU_TEST_OP_TRIGGER_VEVENT, 0);
-    cmd.__bindgen_anon_1.trigger_vevent =
-        st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_17 { dev_id: dev.id().raw() };
+    cmd.__bindgen_anon_1.trigger_vevent = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_17 {
+        dev_id: dev.id().raw(),
+    };
     test_cmd(dev.iommufd(), cmd, "IOMMU_TEST_OP_TRIGGER_VEVENT", dev.id()).map(drop)
 }
 

@@ -509,16 +509,34 @@ mod tests {
     #[test]
     fn smmu_ste_mirrors_the_kernel_check() {
         // Every allowed field at its maximum passes.
-        let all = [STE0_ALLOWED & !(0b110 << STE0_CFG_SHIFT) | (CFG_S1 << 1), 0xff | 1 << 27 | 1 << 28];
+        let all = [
+            STE0_ALLOWED & !(0b110 << STE0_CFG_SHIFT) | (CFG_S1 << 1),
+            0xff | 1 << 27 | 1 << 28,
+        ];
         assert!(SmmuV3Ste::from_words(all).is_ok());
         // Stage-2 config, nested config: refused.
         for cfg in [6u64, 7, 1] {
             let e = SmmuV3Ste::from_words([1 | cfg << 1, 0]).unwrap_err();
-            assert!(matches!(e, Stage1Error::BadField { field: "Config", .. }), "{e}");
+            assert!(
+                matches!(
+                    e,
+                    Stage1Error::BadField {
+                        field: "Config",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
         }
         // A word-1 bit outside the nesting fields (S2 fields at 32+).
         let e = SmmuV3Ste::from_words([1, 1 << 40]).unwrap_err();
-        assert_eq!(e, Stage1Error::ReservedBits { word: 1, bits: 1 << 40 });
+        assert_eq!(
+            e,
+            Stage1Error::ReservedBits {
+                word: 1,
+                bits: 1 << 40
+            }
+        );
         // EATS = 2 (S1CHK) is refused.
         assert!(SmmuV3Ste::from_words([1, 2 << 28]).is_err());
         // Invalid entries are zeroed, like the kernel does.
@@ -539,10 +557,22 @@ mod tests {
     fn amd_dte_checks() {
         let ok = [1 | 1 << 55 | 1 << 58, 0, 0, 0];
         assert!(AmdGuestDte::from_words(ok).is_ok());
-        assert!(AmdGuestDte::from_words([1 | 1 << 55, 0, 0, 0]).is_err(), "no GCR3");
-        assert!(AmdGuestDte::from_words([1 << 12, 0, 0, 0]).is_err(), "host TRP");
-        assert!(AmdGuestDte::from_words([3 << 56, 0, 0, 0]).is_err(), "GLX 3");
-        assert!(AmdGuestDte::from_words([0, 0, 2 << 54, 0]).is_err(), "GPT level");
+        assert!(
+            AmdGuestDte::from_words([1 | 1 << 55, 0, 0, 0]).is_err(),
+            "no GCR3"
+        );
+        assert!(
+            AmdGuestDte::from_words([1 << 12, 0, 0, 0]).is_err(),
+            "host TRP"
+        );
+        assert!(
+            AmdGuestDte::from_words([3 << 56, 0, 0, 0]).is_err(),
+            "GLX 3"
+        );
+        assert!(
+            AmdGuestDte::from_words([0, 0, 2 << 54, 0]).is_err(),
+            "GPT level"
+        );
         assert!(AmdGuestDte::from_words([0, 0, 1 << 54, 0]).is_ok());
     }
 }

@@ -468,23 +468,55 @@ impl ObjectState for kind::HwQueue {
 ///
 /// The queue's memory is the guest's, at a guest-physical address (an IOVA of the
 /// vIOMMU's stage-2 HWPT): it must be mapped there, and the kernel keeps those
-/// pages pinned while the queue exists. A shared handle ([`Object`]) that holds
-/// its vIOMMU.
+/// pages pinned while the queue exists. Queues of one vIOMMU form a chain (index
+/// 0, then [`HwQueue::alloc_next`]). A shared handle ([`Object`]) that holds its
+/// vIOMMU and the queue before it.
 ///
 /// ```no_run
 /// use iommufd::{HwQueue, HwQueueType};
 /// # fn f(viommu: &iommufd::Viommu) -> iommufd::Result<()> {
-/// // Queue 0 of the guest's VINTF, 64 KiB at GPA 0x8000_0000.
-/// let q = HwQueue::alloc(viommu, HwQueueType::Tegra241Cmdqv, 0, 0x8000_0000, 0x10000)?;
+/// // Queue 0 of the guest's VINTF, 64 KiB at GPA 0x8000_0000, then queue 1.
+/// let q0 = HwQueue::alloc(viommu, HwQueueType::Tegra241Cmdqv, 0x8000_0000, 0x10000)?;
+/// let q1 = q0.alloc_next(0x8001_0000, 0x10000)?;
 /// # Ok(()) }
 /// ```
 pub type HwQueue = Object<kind::HwQueue>;
 
 impl Object<kind::HwQueue> {
-    /// Allocates HW queue `index` of `viommu` over `len` bytes of guest memory at
-    /// `gpa`.
-    pub fn alloc(
+    /// Allocates the first HW queue (index 0) of `queue_type` in `viommu`, over
+    /// `len` bytes of guest memory at `gpa`.
+    pub fn alloc(viommu: &Viommu, queue_type: HwQueueType, gpa: u64, len: u64) -> Result<HwQueue> {
+        Self::alloc_index(viommu, None, queue_type, 0, gpa, len)
+    }
+
+    /// Allocates the queue after this one (index + 1), over `len` bytes of guest
+    /// memory at `gpa`. The kernel makes queues depend on the one before (a queue
+    /// is destroyed before its predecessor), so the new queue holds this one.
+    ///
+    /// ```no_run
+    /// # fn f(q0: &iommufd::HwQueue) -> iommufd::Result<()> {
+    /// let q1 = q0.alloc_next(0x8001_0000, 0x10000)?;
+    /// assert_eq!(q1.index(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn alloc_next(&self, gpa: u64, len: u64) -> Result<HwQueue> {
+        let index = self.index().checked_add(1).ok_or(Error::InvalidArgument {
+            op: "IOMMU_HW_QUEUE_ALLOC",
+            reason: "no queue index after u32::MAX",
+        })?;
+        Self::alloc_index(
+            self.viommu(),
+            Some(self),
+            self.queue_type(),
+            index,
+            gpa,
+            len,
+        )
+    }
+
+    fn alloc_index(
         viommu: &Viommu,
+        prev: Option<&HwQueue>,
         queue_type: HwQueueType,
         index: u32,
         gpa: u64,
@@ -512,10 +544,12 @@ impl Object<kind::HwQueue> {
                     e.0,
                 )
             })?;
+        let mut parents = vec![viommu.as_parent()];
+        parents.extend(prev.map(|p| p.as_parent()));
         Ok(Object::from_parts(
             fd,
             a.out_hw_queue_id,
-            vec![viommu.as_parent()],
+            parents,
             HwQueueState {
                 viommu: viommu.clone(),
                 queue_type,
