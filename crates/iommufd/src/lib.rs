@@ -147,6 +147,9 @@
 //!   kernel's mock IOMMU (`CONFIG_IOMMUFD_TEST`), to test code that uses this crate
 //!   without hardware.
 //!
+//! - `event-manager`: the `events` module, rust-vmm event-manager subscribers for
+//!   fault queues and vEVENTQs.
+//!
 //! # Threads
 //!
 //! Every type here is `Send + Sync` (a [`Mapping`] and a [`GuestMemoryMapping`] as
@@ -180,6 +183,8 @@ mod stage1;
 mod sys;
 mod viommu;
 
+#[cfg(feature = "event-manager")]
+pub mod events;
 #[cfg(feature = "selftest")]
 pub mod selftest;
 

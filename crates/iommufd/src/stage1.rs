@@ -448,8 +448,10 @@ impl Stage1Bytes {
             Stage1Bytes::Vtd(t) => raw(t),
             Stage1Bytes::SmmuV3(t) => raw(t),
             Stage1Bytes::Amd(t) => raw(t),
+            // Only `iotlb`: Linux before 6.16 has no `pagetable_type` and refuses
+            // longer data; later kernels take the 4 bytes as well.
             #[cfg(feature = "selftest")]
-            Stage1Bytes::Selftest(t) => raw(t),
+            Stage1Bytes::Selftest(t) => ((t as *const _ as *const u8), 4),
         }
     }
 }
