@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 /// (CONFIG_IOMMUFD_TEST). On 6.12 the mock does not attach while an emulated VT-d is
 /// present, so there they run in a second boot without one.
 const MOCK_MARK: &str = "mock::";
+/// Test names under a module called `noiommu` need a device without an IOMMU in
+/// VFIO's unsafe no-IOMMU mode (IOMMUFD_NOIOMMU, 7.x): on 7.x they run in a boot
+/// without the emulated VT-d, with `vfio.enable_unsafe_noiommu_mode=1` and one edu
+/// device. Elsewhere they run with the other tests (and see the command missing).
+const NOIOMMU_MARK: &str = "noiommu::";
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Command-line options of `vmtest` and `test`.
@@ -280,6 +285,8 @@ struct Boot {
     label: String,
     kernel: Kernel,
     vtd: bool,
+    /// No IOMMU, VFIO's unsafe no-IOMMU mode on, one edu device.
+    noiommu: bool,
     programs: Vec<Program>,
 }
 
@@ -311,21 +318,27 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
                 label: format!("{}-selftests", k.series),
                 kernel: k.clone(),
                 vtd: true,
+                noiommu: false,
                 programs,
             });
             continue;
         }
         let split_mock = k.series == "6.12";
+        let split_noiommu = k.series != "6.12";
         let mut main = Vec::new();
         let mut mock = Vec::new();
+        let mut noiommu = Vec::new();
         for b in bins {
-            let (m, rest): (Vec<_>, Vec<_>) = b
+            let (n, rest): (Vec<_>, Vec<_>) = b
                 .tests
                 .iter()
+                .partition(|t| split_noiommu && t.contains(NOIOMMU_MARK));
+            let (m, rest): (Vec<_>, Vec<_>) = rest
+                .into_iter()
                 .partition(|t| split_mock && t.contains(MOCK_MARK));
             // One process per test, under a time limit: a hang fails that test, and
             // the rest of the boot still runs.
-            for (list, tests) in [(&mut main, rest), (&mut mock, m)] {
+            for (list, tests) in [(&mut main, rest), (&mut mock, m), (&mut noiommu, n)] {
                 for t in tests {
                     list.push(Program {
                         name: format!("{}::{t}", b.name),
@@ -341,6 +354,7 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
                 label: k.series.clone(),
                 kernel: k.clone(),
                 vtd: true,
+                noiommu: false,
                 programs: main,
             });
         }
@@ -349,7 +363,17 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
                 label: format!("{}-mock", k.series),
                 kernel: k.clone(),
                 vtd: false,
+                noiommu: false,
                 programs: mock,
+            });
+        }
+        if !noiommu.is_empty() {
+            boots.push(Boot {
+                label: format!("{}-noiommu", k.series),
+                kernel: k.clone(),
+                vtd: false,
+                noiommu: true,
+                programs: noiommu,
             });
         }
     }
@@ -438,6 +462,11 @@ fn qemu_command(boot: &Boot, initramfs: &Path, console: &Path, shell: bool) -> C
             "-device",
             "virtio-rng-pci,bus=pbr,addr=0x2",
         ]);
+    }
+    if boot.noiommu {
+        // No IOMMU at all: VFIO takes the edu device in its unsafe no-IOMMU mode.
+        append.push_str(" intel_iommu=off vfio.enable_unsafe_noiommu_mode=1");
+        c.args(["-device", "edu,addr=0x4"]);
     }
     if shell {
         append.push_str(" lab.shell=1");
@@ -620,6 +649,8 @@ fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
             .trim(),
         if boot.vtd {
             "emulated VT-d + edu devices"
+        } else if boot.noiommu {
+            "no IOMMU: VFIO no-IOMMU mode, one edu device"
         } else {
             "no vIOMMU: kernel mock IOMMU"
         },
@@ -860,6 +891,7 @@ fn run_program(
             label: format!("{}-{what}", k.series),
             kernel: k,
             vtd: true,
+            noiommu: false,
             programs: vec![Program {
                 name: name.to_string(),
                 exe: exe.to_path_buf(),
