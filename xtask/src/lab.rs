@@ -927,26 +927,41 @@ pub fn demo(opts: &Options) -> Result<bool, String> {
     run_program(opts, "demo", "passthrough", &exe, opts.filters.join(" "))
 }
 
-/// `cargo xtask bench`: the `map_unmap` criterion benchmark of the `iommufd` crate in
-/// the lab guest. Filters go to criterion.
+/// `cargo xtask bench`: the criterion benchmarks of the `iommufd` crate in the lab
+/// guest: `map_unmap` (typed map/unmap against raw ioctls) and `invalidate`
+/// (batched invalidation against one call per entry, on the mock IOMMU). Filters
+/// go to criterion.
 pub fn bench(opts: &Options) -> Result<bool, String> {
-    const BENCH: &str = "map_unmap";
-    let exe = build_static(
-        &["bench", "--no-run", "-p", "iommufd", "--bench", BENCH],
-        BENCH,
-    )?;
-    // Criterion benchmarks only with `--bench`; it writes under ./target/criterion,
-    // which is the guest's /tmp (tmpfs). The guest's ttyS1 is a terminal to it: no
-    // colours or progress lines rewritten in place, the host reads a pipe.
-    let mut args = vec!["--bench", "--color", "never"];
-    args.extend(opts.filters.iter().map(String::as_str));
-    run_program(
-        opts,
-        "bench",
-        &format!("bench-{BENCH}"),
-        &exe,
-        args.join(" "),
-    )
+    let mut ok = true;
+    for bench in ["map_unmap", "invalidate"] {
+        let exe = build_static(
+            &[
+                "bench",
+                "--no-run",
+                "-p",
+                "iommufd",
+                "--features",
+                "selftest",
+                "--bench",
+                bench,
+            ],
+            bench,
+        )?;
+        // Criterion benchmarks only with `--bench`; it writes under
+        // ./target/criterion, which is the guest's /tmp (tmpfs). The guest's ttyS1
+        // is a terminal to it: no colours or progress lines rewritten in place, the
+        // host reads a pipe.
+        let mut args = vec!["--bench", "--color", "never"];
+        args.extend(opts.filters.iter().map(String::as_str));
+        ok &= run_program(
+            opts,
+            "bench",
+            &format!("bench-{bench}"),
+            &exe,
+            args.join(" "),
+        )?;
+    }
+    Ok(ok)
 }
 
 /// `cargo xtask test`: host tests, the lab on both kernels, the kernel's selftests.
