@@ -122,6 +122,57 @@
 //! # Ok::<(), iommufd::Error>(())
 //! ```
 //!
+//! ## Nesting: the guest's page tables on the host's
+//!
+//! With a vIOMMU, the guest maps its devices' DMA itself (GIOVA to GPA). The VMM
+//! keeps guest RAM in a *nest parent* HWPT (GPA to HPA) and gives each device a
+//! [`NestedHwpt`] whose stage 1 is the guest's table, described by typed data
+//! ([`Stage1`]: [`VtdS1`], [`SmmuV3Ste`], [`AmdGuestDte`]) that is checked before
+//! the kernel sees it: it comes from the guest. On SMMUv3 (and AMD) the nested
+//! HWPTs hang off a [`Viommu`], which also names the guest's devices ([`Vdevice`],
+//! by the id the guest uses), takes the guest's invalidation commands in batches
+//! ([`Viommu::invalidate`]) and reports events ([`Veventq`]).
+//!
+//! ```no_run
+//! use iommufd::{
+//!     Device, Error, HwptFlags, Hwpt, Ioas, NestedHwpt, SmmuV3Command, SmmuV3Ste, Vdevice,
+//!     Veventq, VeventqType, Viommu, ViommuType,
+//! };
+//! # fn f(dev: &Device, ram: &Ioas, guest_ste: [u64; 2], guest_cmds: &[[u64; 2]]) -> iommufd::Result<()> {
+//! let s2 = Hwpt::alloc(ram, dev, HwptFlags::NEST_PARENT)?;
+//! let viommu = Viommu::alloc(&s2, dev, ViommuType::ArmSmmuV3)?;
+//! let vdev = Vdevice::alloc(&viommu, dev, 0x10)?; // the guest's stream id
+//! let events = Veventq::alloc(&viommu, VeventqType::ArmSmmuV3, 128)?;
+//!
+//! // The guest wrote a stream table entry: check it, then install it.
+//! let ste = SmmuV3Ste::from_words(guest_ste)
+//!     .map_err(|source| Error::Stage1 { op: "guest STE", source })?;
+//! let nested = NestedHwpt::alloc(&viommu, dev, ste.into(), HwptFlags::empty(), None)?;
+//! dev.attach(&nested)?;
+//!
+//! // The guest's command queue: checked on the way in, sent in one call.
+//! let cmds: Vec<SmmuV3Command> = guest_cmds
+//!     .iter()
+//!     .map(|w| SmmuV3Command::from_words(*w))
+//!     .collect::<Result<_, _>>()
+//!     .map_err(|source| Error::Stage1 { op: "guest CMDQ", source })?;
+//! match viommu.invalidate(&cmds) {
+//!     Err(Error::InvalidationIncomplete { handled, label, .. }) => {
+//!         // Report CERROR_ILL for command `handled` (of device `label`) to the guest.
+//!     }
+//!     other => other?,
+//! }
+//! for event in events.read()?.events {
+//!     // Forward to the guest's event queue; `event.device` names the device.
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! I/O page faults go to a [`FaultQueue`] given to the HWPT; the VMM reads page
+//! request groups (with the device's label and PASID), resolves them, and answers
+//! each by its cookie. Queues are pollable; with the `event-manager` feature the
+//! `events` module registers them in a rust-vmm event loop.
+//!
 //! ## Errors and older kernels
 //!
 //! Every fallible call returns [`Error`]. Commands, flags and types a kernel does not
