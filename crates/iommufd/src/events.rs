@@ -151,3 +151,84 @@ impl<H: FnMut(VeventBatch)> MutEventSubscriber for VeventSubscriber<H> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventq::fakes::{pipe, record};
+    use event_manager::{EventManager, SubscriberOps};
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn subscribers_hand_over_what_they_read() {
+        let fd = crate::iommufd::tests::null();
+        let dev = crate::nested::tests::device(&fd, 3, 0x33);
+        let (r, mut w) = pipe();
+        let q = FaultQueue::fake(&fd, 9, r);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let sub = FaultSubscriber::new(q.clone(), move |queue, g| {
+            s.lock().unwrap().push((g.cookie, g.label));
+            // The handler gets the queue to answer on (here a pipe: it fails).
+            assert!(
+                queue
+                    .respond(g.cookie, crate::PageResponse::Success)
+                    .is_err()
+            );
+        });
+        assert!(format!("{sub:?}").contains("fault queue 9"));
+        assert_eq!(sub.queue().id(), q.id());
+        let mut m = EventManager::<Box<dyn MutEventSubscriber + Send>>::new().unwrap();
+        m.add_subscriber(Box::new(sub));
+        assert_eq!(m.run_with_timeout(10).unwrap(), 0, "nothing to read yet");
+        w.write_all(&record(2, 3, 0, 0x1000, 7)).unwrap();
+        w.write_all(&record(2, 3, 0, 0x2000, 8)).unwrap();
+        assert_eq!(m.run_with_timeout(1000).unwrap(), 1);
+        assert_eq!(*seen.lock().unwrap(), [(7, Some(0x33)), (8, Some(0x33))]);
+        // Garbage is logged, the subscriber stays; a hang-up unregisters it.
+        w.write_all(&[0xff; 40]).unwrap();
+        assert_eq!(m.run_with_timeout(1000).unwrap(), 1);
+        drop(w);
+        assert_eq!(m.run_with_timeout(1000).unwrap(), 1);
+        assert_eq!(
+            m.run_with_timeout(10).unwrap(),
+            0,
+            "unregistered after the hang-up"
+        );
+        drop(dev);
+        let _ = q.into_id();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn vevent_subscriber_skips_empty_reads() {
+        let fd = crate::iommufd::tests::null();
+        let ioas = crate::Ioas::fake(&fd, 1);
+        let parent = crate::Hwpt::fake_with_flags(&ioas, 2, crate::HwptFlags::NEST_PARENT);
+        let viommu = crate::Viommu::fake(&parent, 3, crate::ViommuType::Tegra241Cmdqv);
+        let (r, mut w) = pipe();
+        let q = Veventq::fake(&viommu, 6, crate::VeventqType::Tegra241Cmdqv, r);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let sub = VeventSubscriber::new(q.clone(), move |b| s.lock().unwrap().push(b));
+        assert!(format!("{sub:?}").contains("veventq 6"));
+        assert_eq!(sub.queue().id(), q.id());
+        let mut m = EventManager::<Box<dyn MutEventSubscriber + Send>>::new().unwrap();
+        m.add_subscriber(Box::new(sub));
+        // A LOST_EVENTS record alone is handed over: events were lost.
+        w.write_all(&1u32.to_ne_bytes()).unwrap();
+        w.write_all(&1u32.to_ne_bytes()).unwrap();
+        assert_eq!(m.run_with_timeout(1000).unwrap(), 1);
+        let b = seen.lock().unwrap();
+        assert_eq!((b.len(), b[0].lost, b[0].events.len()), (1, 2, 0));
+        drop(b);
+        let _ = (
+            q.into_id(),
+            viommu.into_id(),
+            parent.into_id(),
+            ioas.into_id(),
+        );
+    }
+}

@@ -310,14 +310,16 @@ impl Object<kind::Hwpt> {
 impl Object<kind::Hwpt> {
     /// A handle for an id this file may not have, on `ioas`, for error-path tests.
     pub(crate) fn fake(ioas: &Ioas, id: u32) -> Hwpt {
+        Self::fake_with_flags(ioas, id, HwptFlags::empty())
+    }
+
+    /// [`Hwpt::fake`] with `flags`.
+    pub(crate) fn fake_with_flags(ioas: &Ioas, id: u32, flags: HwptFlags) -> Hwpt {
         Object::from_parts(
             ioas.iommufd(),
             id,
             vec![ioas.as_parent()],
-            HwptState {
-                flags: HwptFlags::empty(),
-                fault: None,
-            },
+            HwptState { flags, fault: None },
         )
     }
 }

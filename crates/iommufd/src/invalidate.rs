@@ -402,7 +402,14 @@ fn invalidate_call<E: InvalidationEntry>(
     match unsafe { fd.ioctl(uapi::IOMMU_HWPT_INVALIDATE, &mut a) } {
         Ok(()) => Ok(()),
         Err(errno) => Err(BatchFailure {
-            handled: a.entry_num.min(num),
+            // The kernel writes `entry_num` back once it ran the command; refused
+            // before that (an unknown command, a structure it cannot read), it
+            // still holds the count sent, and nothing was handled.
+            handled: if matches!(errno.0, libc::ENOTTY | libc::E2BIG | libc::EFAULT) {
+                0
+            } else {
+                a.entry_num.min(num)
+            },
             errno,
         }),
     }

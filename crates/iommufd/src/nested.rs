@@ -310,3 +310,113 @@ pub(crate) fn probe_invalidation<E: crate::InvalidationEntry>(
         )),
     }
 }
+
+#[cfg(test)]
+impl Object<kind::NestedHwpt> {
+    /// A handle for an id this file may not have, for error-path tests.
+    pub(crate) fn fake(parent: NestingParent, id: u32) -> NestedHwpt {
+        Object::from_parts(
+            &parent.iommufd().clone(),
+            id,
+            vec![parent.as_parent()],
+            NestedHwptState {
+                parent,
+                stage1: Stage1::Vtd(
+                    crate::VtdS1::new(0, 48, crate::VtdS1Flags::empty()).expect("valid"),
+                ),
+                flags: HwptFlags::empty(),
+                fault: None,
+                label: 7,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::iommufd::tests::null;
+    use crate::{Binding, Ioas, PageTable, SmmuV3Ste, VtdS1Invalidation};
+
+    /// A binding whose commands succeed without a kernel.
+    #[derive(Debug)]
+    pub(crate) struct Nothing;
+    impl Binding for Nothing {
+        fn attach(&self, _: Option<u32>, pt: u32, _: bool) -> Result<u32> {
+            Ok(pt)
+        }
+        fn detach(&self, _: Option<u32>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A device of `fd` with id `id` and label `label`, bound to nothing.
+    pub(crate) fn device(fd: &Iommufd, id: u32, label: u64) -> Device {
+        Device::new(
+            fd.reserve_label(label).expect("label"),
+            id,
+            "test",
+            Box::new(Nothing),
+            None,
+        )
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn refused_before_the_kernel() {
+        let fd = null();
+        let ioas = Ioas::fake(&fd, 1);
+        let dev = device(&fd, 2, 0x10);
+        let plain = Hwpt::fake(&ioas, 3);
+        let s1 = Stage1::from(SmmuV3Ste::abort());
+        let e = NestedHwpt::alloc(&plain, &dev, s1, HwptFlags::empty(), None).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+        let parent = Hwpt::fake_with_flags(&ioas, 4, HwptFlags::NEST_PARENT);
+        for flags in [HwptFlags::NEST_PARENT, HwptFlags::DIRTY_TRACKING] {
+            let e = NestedHwpt::alloc(&parent, &dev, s1, flags, None).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+        }
+        let other = null();
+        let foreign = device(&other, 2, 0x10);
+        let e = NestedHwpt::alloc(&parent, &foreign, s1, HwptFlags::empty(), None).unwrap_err();
+        assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
+        // Everything else reaches the kernel (here ENOTTY).
+        let e = NestedHwpt::alloc(&parent, &dev, s1, HwptFlags::PASID, None).unwrap_err();
+        assert!(e.is_unsupported(), "{e}");
+        assert!(e.to_string().contains("hwpt 4"), "{e}");
+        let _ = (parent.into_id(), plain.into_id(), ioas.into_id());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn wrappers_on_a_non_iommufd() {
+        let fd = null();
+        let ioas = Ioas::fake(&fd, 1);
+        let parent = Hwpt::fake_with_flags(&ioas, 4, HwptFlags::NEST_PARENT);
+        let nested = NestedHwpt::fake(NestingParent::from(&parent), 5);
+        assert_eq!(nested.hwpt_id().raw(), 5);
+        assert_eq!(nested.parent().raw(), 4);
+        assert_eq!(nested.parent().stage2().id(), parent.id());
+        assert!(nested.parent().iommufd().same_file(&fd));
+        assert!(nested.fault_queue().is_none());
+        assert_eq!(nested.flags(), HwptFlags::empty());
+        assert!(matches!(nested.stage1(), Stage1::Vtd(_)));
+        assert_eq!(
+            parent.handles(),
+            3,
+            "the nested HWPT holds its parent (twice: state and core)"
+        );
+        let e = nested.invalidate(&[VtdS1Invalidation::all()]).unwrap_err();
+        assert!(e.is_unsupported(), "{e}");
+        assert!(!nested.supports_invalidation::<VtdS1Invalidation>().unwrap());
+        let pt = PageTable::from(&nested);
+        assert_eq!((pt.raw(), pt.to_string()), (5, "nested hwpt 5".to_string()));
+        assert!(pt.same(&PageTable::from(nested.clone())));
+        assert!(!pt.same(&PageTable::from(&parent)));
+        let dev = device(&fd, 2, 0x10);
+        assert_eq!(dev.attach(&nested).unwrap().raw(), 5);
+        assert!(matches!(dev.attached_to(), Some(PageTable::Nested(_))));
+        dev.detach().unwrap();
+        let _ = (nested.into_id(), parent.into_id(), ioas.into_id());
+    }
+}

@@ -37,7 +37,7 @@ bitflags! {
 ///
 /// ```
 /// use iommufd::{Stage1Error, VtdS1};
-/// let e = VtdS1::new(0x1001, 48, Default::default()).unwrap_err();
+/// let e = VtdS1::new(0x1001, 48, iommufd::VtdS1Flags::empty()).unwrap_err();
 /// assert_eq!(e, Stage1Error::Misaligned { field: "pgtbl_addr", value: 0x1001, align: 4096 });
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -576,5 +576,138 @@ mod tests {
             "GPT level"
         );
         assert!(AmdGuestDte::from_words([0, 0, 1 << 54, 0]).is_ok());
+    }
+}
+
+// Seeds of the `guest_descriptors` fuzz target (`fuzz/`): a selector byte (0 SMMUv3
+// STE, 1 AMD DTE, 2 SMMUv3 command, 3 VT-d range invalidation, 4 VT-d stage-1
+// table), then four u64 words, little endian, that the target hands to the
+// constructor; with what each constructor makes of them.
+#[cfg(test)]
+mod fuzz_seed_tests {
+    use super::*;
+    use crate::{SmmuV3Command, VtdS1Invalidation};
+
+    /// What the target builds from `words`: the words of the value, or the error.
+    fn build(selector: u8, w: [u64; 4]) -> Result<Vec<u64>, Stage1Error> {
+        Ok(match selector {
+            0 => SmmuV3Ste::from_words([w[0], w[1]])?.words().to_vec(),
+            1 => AmdGuestDte::from_words(w)?.words().to_vec(),
+            2 => SmmuV3Command::from_words([w[0], w[1]])?.words().to_vec(),
+            3 => {
+                let inv = VtdS1Invalidation::range(w[0], w[1], w[2] & 1 != 0)?;
+                vec![inv.addr(), inv.npages(), u64::from(inv.leaf())]
+            }
+            _ => {
+                let flags = VtdS1Flags::from_bits_truncate(w[2]);
+                let s1 = VtdS1::new(w[0], w[1] as u32, flags)?;
+                vec![s1.pgtbl_addr(), s1.addr_width().into(), s1.flags().bits()]
+            }
+        })
+    }
+
+    #[test]
+    fn guest_descriptors_fuzz_seeds() {
+        let ste = |s: SmmuV3Ste| [s.words()[0], s.words()[1], 0, 0];
+        let cmd = |c: SmmuV3Command| [c.words()[0], c.words()[1], 0, 0];
+        let stage1 = SmmuV3Ste::stage1(0x4000_0000, 1, 4).expect("valid");
+        let dte = [1 | 1 << 55 | 1 << 58, 0x1234 << 16, 1 << 54, 0];
+        let seeds: [(&str, u8, [u64; 4]); 20] = [
+            ("ste_abort", 0, ste(SmmuV3Ste::abort())),
+            ("ste_bypass", 0, ste(SmmuV3Ste::bypass())),
+            ("ste_stage1", 0, [stage1.words()[0], 1 << 28 | 0xff, 0, 0]),
+            ("ste_not_valid", 0, [0xdead_0000, u64::MAX, 0, 0]),
+            ("ste_stage2_config", 0, [1 | 6 << 1, 0, 0, 0]),
+            ("ste_eats_s1chk", 0, [1 | 5 << 1, 2 << 28, 0, 0]),
+            ("dte_gcr3", 1, dte),
+            ("dte_host_mode", 1, [1 | 4 << 9, 0, 0, 0]),
+            ("dte_no_gcr3", 1, [1 | 1 << 55, 0, 0, 0]),
+            ("cmd_cfgi_cd", 2, cmd(SmmuV3Command::cfgi_cd(0x10, 3, true))),
+            (
+                "cmd_tlbi_nh_va",
+                2,
+                cmd(SmmuV3Command::tlbi_nh_va(5, 0x7fff_f000, false)),
+            ),
+            (
+                "cmd_atc_inv",
+                2,
+                cmd(SmmuV3Command::atc_inv(0x10, Some(1), 0x8000, 52)),
+            ),
+            ("cmd_cfgi_ste", 2, [0x03 | 0x10 << 32, 0, 0, 0]),
+            ("cmd_nh_all_asid", 2, [0x10 | 1 << 48, 0, 0, 0]),
+            ("vtd_inv_range", 3, [0x10_0000, 16, 1, 0]),
+            ("vtd_inv_all", 3, [0, u64::MAX, 0, 0]),
+            ("vtd_inv_misaligned", 3, [0x10_0800, 1, 0, 0]),
+            ("vtd_s1_4level", 4, [0x8000_0000, 48, 1, 0]),
+            ("vtd_s1_5level", 4, [0x1000, 57, 7, 0]),
+            ("vtd_s1_wpe_alone", 4, [0x1000, 48, 4, 0]),
+        ];
+        let built: Vec<_> = seeds.iter().map(|&(_, sel, w)| build(sel, w)).collect();
+        let refused = |field, value, reason| {
+            Err(Stage1Error::BadField {
+                field,
+                value,
+                reason,
+            })
+        };
+        assert_eq!(
+            built,
+            [
+                Ok(vec![1, 0]),
+                Ok(vec![1 | 4 << 1, 0]),
+                Ok(vec![stage1.words()[0], 1 << 28 | 0xff]),
+                Ok(vec![0, 0]),
+                refused(
+                    "Config",
+                    6,
+                    "abort (0b000), bypass (0b100) or stage 1 (0b101)"
+                ),
+                refused("EATS", 2, "0 (ATS aborted) or 1 (full ATS)"),
+                Ok(dte.to_vec()),
+                refused("Mode", 4, "0: the host owns the host page table"),
+                refused(
+                    "GCR3 Table Root Pointer",
+                    0,
+                    "must be set when V and GV are"
+                ),
+                Ok(vec![0x05 | 0x10 << 32 | 3 << 12, 1]),
+                Ok(vec![0x12 | 5 << 48, 0x7fff_f000]),
+                Ok(vec![0x40 | 0x10 << 32 | 1 << 11 | 1 << 12, 0x8000 | 52]),
+                refused(
+                    "opcode",
+                    3,
+                    "one of CFGI_CD(_ALL), TLBI_NH_*, TLBI_NSNH_ALL, ATC_INV"
+                ),
+                Err(Stage1Error::ReservedBits {
+                    word: 0,
+                    bits: 1 << 48
+                }),
+                Ok(vec![0x10_0000, 16, 1]),
+                Ok(vec![0, u64::MAX, 0]),
+                Err(Stage1Error::Misaligned {
+                    field: "addr",
+                    value: 0x10_0800,
+                    align: 4096
+                }),
+                Ok(vec![0x8000_0000, 48, 1]),
+                Ok(vec![0x1000, 57, 7]),
+                refused(
+                    "flags",
+                    4,
+                    "WPE only applies with SRE (supervisor requests)"
+                ),
+            ]
+        );
+        let inputs: Vec<_> = seeds
+            .iter()
+            .map(|&(name, sel, w)| {
+                let mut v = vec![sel];
+                for x in w {
+                    v.extend_from_slice(&x.to_le_bytes());
+                }
+                (name, v)
+            })
+            .collect();
+        crate::fuzz_seeds::write_fuzz_seeds("guest_descriptors", &inputs);
     }
 }

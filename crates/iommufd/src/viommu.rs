@@ -580,3 +580,148 @@ impl Object<kind::HwQueue> {
         (self.state().gpa, self.state().len)
     }
 }
+
+#[cfg(test)]
+impl Object<kind::Viommu> {
+    /// A handle for an id this file may not have, on `parent`, for error-path tests.
+    pub(crate) fn fake(parent: &Hwpt, id: u32, viommu_type: ViommuType) -> Viommu {
+        Object::from_parts(
+            parent.iommufd(),
+            id,
+            vec![parent.as_parent()],
+            ViommuState {
+                viommu_type,
+                data: ViommuData::None,
+                parent: parent.clone(),
+                vdevs: Mutex::default(),
+            },
+        )
+    }
+
+    /// Records a vDEVICE in the table, as a successful allocation would.
+    pub(crate) fn fake_vdevice(&self, virt_id: u64, vdevice: u32, dev: &Device) {
+        self.state().vdevs().insert(
+            virt_id,
+            VdevEntry {
+                vdevice,
+                device: dev.id(),
+                label: dev.label(),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iommufd::tests::null;
+    use crate::nested::tests::device;
+    use crate::{InvalidationEntry, Ioas, SmmuV3Command};
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn viommu_checks_and_errors() {
+        let fd = null();
+        let ioas = Ioas::fake(&fd, 1);
+        let dev = device(&fd, 2, 0x20);
+        let plain = Hwpt::fake(&ioas, 3);
+        let e = Viommu::alloc(&plain, &dev, ViommuType::ArmSmmuV3).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+        let parent = Hwpt::fake_with_flags(&ioas, 4, HwptFlags::NEST_PARENT);
+        for t in [ViommuType::ArmSmmuV3, ViommuType::Tegra241Cmdqv] {
+            let e = Viommu::alloc(&parent, &dev, t).unwrap_err();
+            assert!(e.is_unsupported(), "{e}");
+        }
+        let other = null();
+        let e = Viommu::alloc(&parent, &device(&other, 2, 1), ViommuType::ArmSmmuV3).unwrap_err();
+        assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
+        let _ = (plain.into_id(), parent.into_id(), ioas.into_id());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn vdevices_are_traced_by_virtual_id() {
+        let fd = null();
+        let ioas = Ioas::fake(&fd, 1);
+        let parent = Hwpt::fake_with_flags(&ioas, 4, HwptFlags::NEST_PARENT);
+        let viommu = Viommu::fake(&parent, 5, ViommuType::ArmSmmuV3);
+        assert_eq!(viommu.viommu_type(), ViommuType::ArmSmmuV3);
+        assert_eq!(viommu.data(), ViommuData::None);
+        assert_eq!(viommu.parent().id(), parent.id());
+        assert!(format!("{viommu:?}").contains("vdevices: 0"));
+        let a = device(&fd, 2, 0x20);
+        let b = device(&fd, 3, 0x30);
+        viommu.fake_vdevice(0x10, 9, &a);
+        assert_eq!(viommu.device_of(0x10), Some((a.id(), 0x20)));
+        assert_eq!(viommu.vdevice_of(0x10).map(|v| v.raw()), Some(9));
+        assert_eq!(viommu.device_of(0x11), None);
+        // A virtual id taken: refused before the kernel, naming the holder.
+        match Vdevice::alloc(&viommu, &b, 0x10).unwrap_err() {
+            Error::DuplicateVdevice {
+                holder, virt_id, ..
+            } => {
+                assert_eq!((holder, virt_id), (Some(a.id()), 0x10))
+            }
+            e => panic!("{e}"),
+        }
+        // A free one reaches the kernel.
+        assert!(
+            Vdevice::alloc(&viommu, &b, 0x11)
+                .unwrap_err()
+                .is_unsupported()
+        );
+        // Invalidations name the device of the refused entry.
+        let cmds = [SmmuV3Command::cfgi_cd_all(0x10)];
+        let e = viommu.invalidate(&cmds).unwrap_err();
+        assert!(e.is_unsupported(), "{e}");
+        let err = crate::invalidate::batch_error(
+            viommu.id().to_string(),
+            &[
+                SmmuV3Command::tlbi_nh_all(),
+                SmmuV3Command::cfgi_cd_all(0x10),
+            ],
+            crate::invalidate::BatchFailure {
+                handled: 1,
+                errno: crate::sys::Errno(libc::EIO),
+            },
+            |e| e.virt_id().and_then(|v| viommu.device_of(v)).map(|d| d.1),
+        );
+        match &err {
+            Error::InvalidationIncomplete {
+                handled,
+                label,
+                entry,
+                errno,
+                ..
+            } => {
+                assert_eq!((*handled, *label, *errno), (1, Some(0x20), libc::EIO));
+                assert!(entry.as_deref().is_some_and(|e| e.contains("CfgiCdAll")));
+            }
+            e => panic!("{e}"),
+        }
+        assert!(err.to_string().contains("device label 0x20"), "{err}");
+        assert_eq!(err.errno(), Some(libc::EIO));
+        // SMMUv3 takes no empty batch: support is the command's presence.
+        assert!(!viommu.supports_invalidation::<SmmuV3Command>().unwrap());
+        let _ = (viommu.into_id(), parent.into_id(), ioas.into_id());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn hw_queue_arguments() {
+        let fd = null();
+        let ioas = Ioas::fake(&fd, 1);
+        let parent = Hwpt::fake_with_flags(&ioas, 4, HwptFlags::NEST_PARENT);
+        let viommu = Viommu::fake(&parent, 5, ViommuType::Tegra241Cmdqv);
+        let t = HwQueueType::Tegra241Cmdqv;
+        for (gpa, len) in [(0x1000, 0), (u64::MAX, 2)] {
+            let e = HwQueue::alloc(&viommu, t, gpa, len).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+        }
+        let e = HwQueue::alloc(&viommu, t, 0x1000, 0x1000).unwrap_err();
+        assert!(e.is_unsupported(), "{e}");
+        assert!(e.to_string().contains("queue 0 of viommu 5"), "{e}");
+        assert_eq!(t.code(), uapi::IOMMU_HW_QUEUE_TYPE_TEGRA241_CMDQV);
+        let _ = (viommu.into_id(), parent.into_id(), ioas.into_id());
+    }
+}
