@@ -573,6 +573,8 @@ pub struct Vevent {
     pub data: VeventData,
     /// The device the event names, and its label, through the vIOMMU's vDEVICEs.
     pub device: Option<(DeviceId, u64)>,
+    /// The vDEVICE the event names (by its virtual id), if the vIOMMU has it.
+    pub vdevice: Option<crate::VdeviceId>,
 }
 
 /// What one read of a vEVENTQ returned.
@@ -849,6 +851,7 @@ impl Object<kind::Veventq> {
                     lost_before: r.lost_before,
                     data,
                     device: data.virt_id().and_then(|v| s.viommu.device_of(v)),
+                    vdevice: data.virt_id().and_then(|v| s.viommu.vdevice_of(v)),
                 });
             }
         }
@@ -1414,6 +1417,7 @@ pub(crate) mod fakes {
         assert_eq!(batch.events.len(), 2);
         assert_eq!(batch.events[1].lost_before, 1);
         assert_eq!(batch.events[0].device, Some((dev.id(), 0x44)));
+        assert_eq!(batch.events[0].vdevice.map(|v| v.raw()), Some(5));
         assert_eq!(q.read().unwrap(), VeventBatch::default());
         assert!(q.as_raw_fd() >= 0);
         let _ = (

@@ -402,16 +402,22 @@ fn invalidate_call<E: InvalidationEntry>(
     match unsafe { fd.ioctl(uapi::IOMMU_HWPT_INVALIDATE, &mut a) } {
         Ok(()) => Ok(()),
         Err(errno) => Err(BatchFailure {
-            // The kernel writes `entry_num` back once it ran the command; refused
-            // before that (an unknown command, a structure it cannot read), it
-            // still holds the count sent, and nothing was handled.
-            handled: if matches!(errno.0, libc::ENOTTY | libc::E2BIG | libc::EFAULT) {
-                0
-            } else {
-                a.entry_num.min(num)
-            },
+            handled: handled_of(a.entry_num, num, errno.0),
             errno,
         }),
+    }
+}
+
+/// How many entries a failed call handled, from the `entry_num` the kernel left
+/// (`reported`) for `sent` entries. The kernel writes `entry_num` back once it ran
+/// the command; refused before that (an unknown command, a structure it cannot
+/// read), it still holds the count sent, and nothing was handled. A count above
+/// what was sent is the kernel's error, read as all of them.
+pub(crate) fn handled_of(reported: u32, sent: u32, errno: i32) -> u32 {
+    if matches!(errno, libc::ENOTTY | libc::E2BIG | libc::EFAULT) {
+        0
+    } else {
+        reported.min(sent)
     }
 }
 
@@ -438,6 +444,28 @@ pub(crate) fn batch_error<E: InvalidationEntry>(
         label: entry.and_then(label_of),
         errno: f.errno.0,
     }
+}
+
+/// The error of a failed invalidation call of `entries` (SMMUv3 commands) after
+/// which the kernel left `reported` in `entry_num` with `errno`; `label_of` names
+/// the devices by virtual id. For the fuzz target `invalidation_results` only
+/// (built with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn fuzz_invalidation_result(
+    entries: &[SmmuV3Command],
+    reported: u32,
+    errno: i32,
+    label_of: impl Fn(u64) -> Option<u64>,
+) -> Error {
+    let sent = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+    let f = BatchFailure {
+        handled: handled_of(reported, sent, errno),
+        errno: Errno(errno),
+    };
+    batch_error("viommu 1".into(), entries, f, |e| {
+        e.virt_id().and_then(&label_of)
+    })
 }
 
 #[cfg(feature = "selftest")]
@@ -579,5 +607,45 @@ mod tests {
         assert!(VtdS1Invalidation::range(0x1000, u64::MAX, false).is_err());
         assert!(!VtdS1Invalidation::all().leaf());
         assert!(format!("{:?}", VtdS1Invalidation::all()).contains("npages"));
+    }
+}
+
+#[cfg(test)]
+mod fuzz_seed_tests {
+    use super::*;
+
+    /// Seeds of `fuzz/fuzz_targets/invalidation_results.rs`: entry_num, errno,
+    /// device bits, then SMMUv3 commands.
+    #[test]
+    fn invalidation_results_fuzz_seeds() {
+        let seed = |reported: u32, errno: i32, devices: u8, cmds: &[SmmuV3Command]| {
+            let mut b = reported.to_le_bytes().to_vec();
+            b.extend_from_slice(&(errno as u32).to_le_bytes());
+            b.push(devices);
+            for c in cmds {
+                for w in c.words() {
+                    b.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+            b
+        };
+        let batch = [
+            SmmuV3Command::tlbi_nh_all(),
+            SmmuV3Command::cfgi_cd_all(1),
+            SmmuV3Command::atc_inv(2, Some(3), 0x4000, 4),
+        ];
+        // Handled counts the kernel may leave, by errno.
+        assert_eq!(handled_of(1, 3, libc::EIO), 1);
+        assert_eq!(handled_of(3, 3, libc::ENOTTY), 0);
+        assert_eq!(handled_of(9, 3, libc::EINVAL), 3);
+        crate::fuzz_seeds::write_fuzz_seeds(
+            "invalidation_results",
+            &[
+                ("second_refused", seed(1, libc::EIO, 0b10, &batch)),
+                ("unknown_command", seed(3, libc::ENOTTY, 0, &batch)),
+                ("count_too_large", seed(7, libc::EINVAL, 0xff, &batch)),
+                ("empty_batch_missing", seed(0, libc::ENOENT, 0, &[])),
+            ],
+        );
     }
 }

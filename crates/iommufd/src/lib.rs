@@ -257,6 +257,9 @@ pub use crate::ids::{
     DeviceId, FaultQueueId, HwQueueId, HwptId, Id, IoasId, NestedHwptId, VdeviceId, VeventqId,
     ViommuId, kind,
 };
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub use crate::invalidate::fuzz_invalidation_result;
 pub use crate::invalidate::{
     HwptInvalidation, InvalidationEntry, SmmuV3Command, SmmuV3Opcode, ViommuInvalidation,
     VtdS1Invalidation,

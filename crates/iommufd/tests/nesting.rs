@@ -387,6 +387,7 @@ mod mock {
         assert_eq!((e.sequence, e.lost_before), (0, 0));
         assert_eq!(e.data, VeventData::Selftest { virt_id: 0x99 });
         assert_eq!(e.device, Some((v.mock.device().id(), 0x60)));
+        assert_eq!(e.vdevice, Some(vdev.id()));
 
         // Duplicates: the same virtual id (caught here), another id for a device
         // that has a vDEVICE (the kernel's EEXIST).
