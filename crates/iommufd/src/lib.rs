@@ -279,8 +279,8 @@ pub use crate::stage1::{
     AmdGuestDte, SmmuV3Config, SmmuV3Ste, Stage1, Stage1Error, VtdS1, VtdS1Flags,
 };
 pub use crate::viommu::{
-    HwQueue, HwQueueState, HwQueueType, Vdevice, VdeviceState, Viommu, ViommuData, ViommuState,
-    ViommuType,
+    HwQueue, HwQueueState, HwQueueType, Vdevice, VdeviceState, Viommu, ViommuData, ViommuMmio,
+    ViommuState, ViommuType,
 };
 
 #[cfg(test)]

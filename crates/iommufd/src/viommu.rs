@@ -310,6 +310,155 @@ impl Object<kind::Viommu> {
     }
 }
 
+/// The hardware page a vIOMMU exposes to user space (Tegra241 CMDQV's VINTF page,
+/// the mock's two pages), mapped from the iommufd ([`Viommu::map_mmio`]).
+///
+/// It holds its vIOMMU: the kernel refuses to destroy a vIOMMU while its page is
+/// mapped, so the mapping goes first whatever order a VMM drops things in. A VMM
+/// typically maps it into the guest (a KVM memory slot at the address of the
+/// emulated VINTF), which is `unsafe` on its side: the slot must go before this.
+#[derive(Debug)]
+pub struct ViommuMmio {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    viommu: Viommu,
+}
+
+// SAFETY: the mapping is a shared mapping of device memory owned by this value
+// until drop; access goes through volatile reads and writes (or the caller's own
+// unsafe code through `as_ptr`), which are sound from any thread.
+unsafe impl Send for ViommuMmio {}
+// SAFETY: as for `Send`: `&ViommuMmio` only gives volatile access and the address.
+unsafe impl Sync for ViommuMmio {}
+
+impl ViommuMmio {
+    /// The start of the mapping (for a KVM memory slot, say).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty (never, for a mapping the kernel made).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The vIOMMU it belongs to.
+    pub fn viommu(&self) -> &Viommu {
+        &self.viommu
+    }
+
+    /// Reads the 32-bit register at `offset` (4-byte aligned, inside the
+    /// mapping), or `None` outside it.
+    pub fn read_u32(&self, offset: usize) -> Option<u32> {
+        let p = self.register(offset)?;
+        // SAFETY: `p` is 4-byte aligned and inside the live mapping.
+        Some(unsafe { p.read_volatile() })
+    }
+
+    /// Writes the 32-bit register at `offset`; `false` outside the mapping.
+    pub fn write_u32(&self, offset: usize, value: u32) -> bool {
+        let Some(p) = self.register(offset) else {
+            return false;
+        };
+        // SAFETY: `p` is 4-byte aligned and inside the live, writable mapping.
+        unsafe { p.write_volatile(value) };
+        true
+    }
+
+    fn register(&self, offset: usize) -> Option<*mut u32> {
+        (offset % 4 == 0 && offset.checked_add(4)? <= self.len)
+            // SAFETY: `offset + 4 <= len`: the pointer stays inside the mapping.
+            .then(|| unsafe { self.ptr.as_ptr().add(offset) }.cast::<u32>())
+    }
+}
+
+impl Drop for ViommuMmio {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `map_mmio` made, which nothing else
+        // refers to once this value goes.
+        if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {
+            log::error!(
+                "iommufd: unmapping the page of {}: {}",
+                self.viommu.id(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+impl Object<kind::Viommu> {
+    /// Maps the page the vIOMMU exposes (the `mmap_offset` / `mmap_length` of
+    /// [`ViommuData`]) read-write and shared. [`Error::InvalidArgument`] for a
+    /// vIOMMU without one (SMMUv3).
+    ///
+    /// ```no_run
+    /// # fn f(viommu: &iommufd::Viommu) -> iommufd::Result<()> {
+    /// let vintf = viommu.map_mmio()?;
+    /// let config = vintf.read_u32(0);
+    /// # Ok(()) }
+    /// ```
+    pub fn map_mmio(&self) -> Result<ViommuMmio> {
+        let (offset, len) = match self.data() {
+            ViommuData::Tegra241Cmdqv {
+                mmap_offset,
+                mmap_length,
+            } => (mmap_offset, mmap_length),
+            #[cfg(feature = "selftest")]
+            ViommuData::Selftest {
+                mmap_offset,
+                mmap_length,
+                ..
+            } => (mmap_offset, mmap_length),
+            ViommuData::None => {
+                return Err(Error::InvalidArgument {
+                    op: "mmap",
+                    reason: "this vIOMMU exposes no page to map",
+                });
+            }
+        };
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), usize::try_from(len)) else {
+            return Err(Error::UnexpectedValue {
+                op: "IOMMU_VIOMMU_ALLOC mmap region",
+                value: offset,
+            });
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: a new shared mapping chosen by the kernel (no fixed address), so
+        // it overlaps no existing Rust object; the result is checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.iommufd().as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::from_errno(
+                "mmap",
+                self.id(),
+                crate::sys::Errno::last().0,
+            ));
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or(Error::Os {
+            op: "mmap",
+            errno: libc::EFAULT,
+        })?;
+        Ok(ViommuMmio {
+            ptr,
+            len,
+            viommu: self.clone(),
+        })
+    }
+}
+
 /// What a vDEVICE keeps beside its id.
 #[derive(Debug)]
 pub struct VdeviceState {
@@ -649,6 +798,8 @@ mod tests {
         assert_eq!(viommu.data(), ViommuData::None);
         assert_eq!(viommu.parent().id(), parent.id());
         assert!(format!("{viommu:?}").contains("vdevices: 0"));
+        let e = viommu.map_mmio().unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
         let a = device(&fd, 2, 0x20);
         let b = device(&fd, 3, 0x30);
         viommu.fake_vdevice(0x10, 9, &a);

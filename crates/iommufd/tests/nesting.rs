@@ -328,24 +328,18 @@ mod mock {
         };
         assert_eq!(out_data, 0xbeef);
         assert_eq!(mmap_length, 2 * page());
-        use std::os::fd::AsRawFd;
-        // SAFETY: a new shared mapping of the kernel's pages; nothing else in the
-        // process uses the returned range, which is unmapped below.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mmap_length as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                v.fd.as_raw_fd(),
-                mmap_offset as libc::off_t,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-        // SAFETY: the mapping is at least a page long and page aligned.
-        assert_eq!(unsafe { map.cast::<u32>().read_volatile() }, 0xbeef);
-        // SAFETY: unmaps exactly the mapping made above.
-        assert_eq!(unsafe { libc::munmap(map, mmap_length as usize) }, 0);
+        assert!(mmap_offset != 0);
+        let mmio = viommu.map_mmio().unwrap();
+        assert_eq!(mmio.len() as u64, mmap_length);
+        // The mock's page starts with the data it was given.
+        assert_eq!(mmio.read_u32(0), Some(0xbeef));
+        assert_eq!(mmio.read_u32(mmio.len()), None);
+        assert_eq!(mmio.read_u32(2), None, "unaligned");
+        assert!(mmio.write_u32(4, 0x1234));
+        assert_eq!(mmio.read_u32(4), Some(0x1234));
+        // The mapping holds the vIOMMU (the kernel would refuse with EBUSY).
+        let viommu = viommu.destroy().unwrap_err().object;
+        drop(mmio);
         viommu.destroy().unwrap();
     }
 
