@@ -193,7 +193,7 @@ impl Object<kind::NestedHwpt> {
                 OP,
                 format_args!(
                     "{} on {} for {}",
-                    stage1.data_type(),
+                    stage1.name(),
                     parent.describe(),
                     dev.id()
                 ),

@@ -468,6 +468,21 @@ impl Stage1 {
         }
     }
 
+    /// What the format is called in messages.
+    ///
+    /// ```
+    /// assert_eq!(iommufd::Stage1::from(iommufd::SmmuV3Ste::abort()).name(), "SMMUv3 STE");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage1::Vtd(_) => "VT-d stage 1",
+            Stage1::SmmuV3(_) => "SMMUv3 STE",
+            Stage1::Amd(_) => "AMD guest DTE",
+            #[cfg(feature = "selftest")]
+            Stage1::Selftest { .. } => "selftest stage 1",
+        }
+    }
+
     pub(crate) fn to_bytes(self) -> Stage1Bytes {
         match self {
             Stage1::Vtd(v) => Stage1Bytes::Vtd(uapi::iommu_hwpt_vtd_s1 {

@@ -191,7 +191,7 @@ impl Object<kind::Viommu> {
             libc::ENOENT => Error::naming_object(OP, dev.id(), e.0),
             errno => Error::from_errno(
                 OP,
-                format_args!("{} on {} for {}", viommu_type.code(), parent.id(), dev.id()),
+                format_args!("{viommu_type:?} on {} for {}", parent.id(), dev.id()),
                 errno,
             ),
         })?;
