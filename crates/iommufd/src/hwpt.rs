@@ -368,3 +368,36 @@ mod tests {
         let _ = (r.object.into_id(), ioas.into_id());
     }
 }
+
+#[cfg(test)]
+mod iopf_tests {
+    use super::*;
+    use crate::iommufd::tests::null;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn iopf_hwpts_hold_their_queue() {
+        let fd = null();
+        let ioas = Ioas::fake(&fd, 1);
+        let dev = crate::nested::tests::device(&fd, 2, 0x20);
+        let (r, _w) = crate::eventq::fakes::pipe();
+        let faults = FaultQueue::fake(&fd, 3, r);
+        let e = Hwpt::alloc_iopf(&ioas, &dev, HwptFlags::empty(), &faults).unwrap_err();
+        assert!(e.is_unsupported(), "{e}");
+        assert_eq!(faults.handles(), 1, "nothing kept after a failure");
+        let other = null();
+        let (r2, _w2) = crate::eventq::fakes::pipe();
+        let foreign = FaultQueue::fake(&other, 3, r2);
+        let e = Hwpt::alloc_iopf(&ioas, &dev, HwptFlags::empty(), &foreign).unwrap_err();
+        assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
+        assert!(FaultQueue::alloc(&fd).unwrap_err().is_unsupported());
+        let hwpt = Hwpt::fake(&ioas, 4);
+        assert!(hwpt.fault_queue().is_none());
+        let _ = (
+            hwpt.into_id(),
+            faults.into_id(),
+            foreign.into_id(),
+            ioas.into_id(),
+        );
+    }
+}

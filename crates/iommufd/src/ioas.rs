@@ -869,6 +869,21 @@ mod tests {
     fn errors_on_a_non_iommufd() {
         let fd = null();
         let ioas = Ioas::fake(&fd, 7);
+        let e = ioas.noiommu_phys(Iova(0x1000), 8).unwrap_err();
+        assert!(
+            e.is_unsupported() && e.to_string().contains("ioas 7"),
+            "{e}"
+        );
+        let e = ioas.noiommu_phys(Iova(0x1000), 0).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+        assert!(fd.vfio_compat_ioas().unwrap_err().is_unsupported());
+        assert!(fd.set_vfio_compat_ioas(&ioas).unwrap_err().is_unsupported());
+        assert!(fd.clear_vfio_compat_ioas().unwrap_err().is_unsupported());
+        let other = null();
+        let foreign = Ioas::fake(&other, 7);
+        let e = fd.set_vfio_compat_ioas(&foreign).unwrap_err();
+        assert!(matches!(e, Error::WrongIommufd { .. }), "{e}");
+        let _ = foreign.into_id();
         let e = ioas.unmap(Iova(0x1000), 0x1000).unwrap_err();
         assert!(e.is_unsupported(), "{e}");
         assert!(ioas.unmap_all().unwrap_err().is_unsupported());

@@ -663,6 +663,36 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn nesting_checks_on_a_non_iommufd() {
+        let fd = null();
+        let ioas = Ioas::fake(&fd, 1);
+        let parent = Hwpt::fake_with_flags(&ioas, 2, crate::HwptFlags::NEST_PARENT);
+        let nested = crate::NestedHwpt::fake(crate::NestingParent::from(&parent), 3);
+        let dev = crate::nested::tests::device(&fd, 4, 0x40);
+        let e = check_iotlb(&nested, 0, IOTLB_DEFAULT).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("IOMMU_TEST_OP_MD_CHECK_IOTLB on nested hwpt 3"),
+            "{e}"
+        );
+        assert!(
+            check_dev_cache(&dev, 0, DEV_CACHE_DEFAULT)
+                .unwrap_err()
+                .is_unsupported()
+        );
+        let perm = crate::FaultPerm::READ;
+        assert!(
+            trigger_iopf(&dev, 0, 1, perm, 0x1000)
+                .unwrap_err()
+                .is_unsupported()
+        );
+        assert!(trigger_vevent(&dev).unwrap_err().is_unsupported());
+        assert_eq!(HW_QUEUE_MAX, 2);
+        let _ = (nested.into_id(), parent.into_id(), ioas.into_id());
+    }
+
+    #[test]
     fn payload_lands_in_the_union() {
         let mut cmd = new_cmd(st::IOMMU_TEST_OP_ADD_RESERVED, 3);
         cmd.__bindgen_anon_1.add_reserved = st::iommu_test_cmd__bindgen_ty_1__bindgen_ty_1 {

@@ -876,3 +876,142 @@ mod tests {
         let _ = (viommu.into_id(), parent.into_id(), ioas.into_id());
     }
 }
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    use crate::iommufd::tests::null;
+    use crate::nested::tests::device;
+    use crate::{Ioas, SelftestViommuInvalidation};
+
+    fn parent(fd: &crate::Iommufd) -> (Ioas, Hwpt) {
+        let ioas = Ioas::fake(fd, 1);
+        let parent = Hwpt::fake_with_flags(&ioas, 2, HwptFlags::NEST_PARENT);
+        (ioas, parent)
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn mmio_accessors_stay_inside_the_mapping() {
+        let fd = null();
+        let (ioas, parent) = parent(&fd);
+        let viommu = Viommu::fake(&parent, 3, ViommuType::Tegra241Cmdqv);
+        // An anonymous page stands in for the kernel's.
+        // SAFETY: a new private anonymous mapping; `ViommuMmio` owns and unmaps it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let mmio = ViommuMmio {
+            ptr: std::ptr::NonNull::new(p.cast()).unwrap(),
+            len: 4096,
+            viommu: viommu.clone(),
+        };
+        assert_eq!((mmio.len(), mmio.is_empty()), (4096, false));
+        assert_eq!(mmio.viommu().id(), viommu.id());
+        assert!(!mmio.as_ptr().is_null());
+        assert!(mmio.write_u32(4092, 7));
+        assert_eq!(mmio.read_u32(4092), Some(7));
+        assert!(!mmio.write_u32(4093, 7));
+        assert!(!mmio.write_u32(4096, 7));
+        assert_eq!(mmio.read_u32(usize::MAX - 3), None);
+        assert_eq!(viommu.handles(), 2, "the mapping holds its vIOMMU");
+        drop(mmio);
+        assert_eq!(viommu.handles(), 1);
+        let _ = (viommu.into_id(), parent.into_id(), ioas.into_id());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "real syscalls, which Miri does not run")]
+    fn vdevice_and_queue_handles() {
+        let fd = null();
+        let (ioas, parent) = parent(&fd);
+        let dev = device(&fd, 4, 0x40);
+        let viommu = Viommu::fake(&parent, 3, ViommuType::Selftest { in_data: 1 });
+        assert!(
+            Viommu::alloc(&parent, &dev, ViommuType::Selftest { in_data: 1 })
+                .unwrap_err()
+                .is_unsupported()
+        );
+        // mmap of a region /dev/null does not have.
+        let tegra = Object::from_parts(
+            &fd,
+            9,
+            vec![parent.as_parent()],
+            ViommuState {
+                viommu_type: ViommuType::Tegra241Cmdqv,
+                data: ViommuData::Tegra241Cmdqv {
+                    mmap_offset: 4096,
+                    mmap_length: 4096,
+                },
+                parent: parent.clone(),
+                vdevs: Mutex::default(),
+            },
+        );
+        assert!(tegra.map_mmio().unwrap_err().errno().is_some());
+        let _ = tegra.into_id();
+        // A vDEVICE as an allocation leaves it: in the table until it goes.
+        viommu.fake_vdevice(0x10, 5, &dev);
+        let vdev: Vdevice = Object::from_parts(
+            &fd,
+            5,
+            vec![viommu.as_parent()],
+            VdeviceState {
+                viommu: viommu.clone(),
+                device: dev.clone(),
+                virt_id: 0x10,
+            },
+        );
+        assert_eq!(
+            (vdev.virt_id(), vdev.device().id(), vdev.viommu().id()),
+            (0x10, dev.id(), viommu.id())
+        );
+        let e = viommu
+            .invalidate(&[SelftestViommuInvalidation::one(0x10, 0)])
+            .unwrap_err();
+        assert!(e.is_unsupported(), "{e}");
+        assert!(
+            !viommu
+                .supports_invalidation::<SelftestViommuInvalidation>()
+                .unwrap()
+        );
+        drop(vdev);
+        assert_eq!(viommu.device_of(0x10), None, "removed with the vDEVICE");
+        // HW queues.
+        let q: HwQueue = Object::from_parts(
+            &fd,
+            6,
+            vec![viommu.as_parent()],
+            HwQueueState {
+                viommu: viommu.clone(),
+                queue_type: HwQueueType::Selftest,
+                index: 0,
+                gpa: 0x1000,
+                len: 0x1000,
+            },
+        );
+        assert_eq!(
+            (q.index(), q.memory(), q.queue_type()),
+            (0, (0x1000, 0x1000), HwQueueType::Selftest)
+        );
+        assert_eq!(q.viommu().id(), viommu.id());
+        let e = q.alloc_next(0x2000, 0x1000).unwrap_err();
+        assert!(
+            e.is_unsupported() && e.to_string().contains("queue 1"),
+            "{e}"
+        );
+        let _ = (
+            q.into_id(),
+            viommu.into_id(),
+            parent.into_id(),
+            ioas.into_id(),
+        );
+    }
+}
