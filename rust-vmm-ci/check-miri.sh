@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Miri over the iommufd crate's host unit tests: the pointer code (volatile copies,
+# Miri over the host unit tests of iommufd and iommufd-viommu: the pointer code (volatile copies,
 # byte decoders, bitmaps) checked for undefined behaviour. Tests that make real
 # syscalls Miri cannot run (mmap of shared memory, ioctl) are #[cfg_attr(miri, ignore)].
 set -euo pipefail
@@ -11,3 +11,5 @@ rustup component add --toolchain nightly miri >/dev/null
 cargo +nightly miri setup >/dev/null 2>&1
 # Isolation off: a few tests open /dev/null (no ioctl) or read fuzz seeds.
 MIRIFLAGS=-Zmiri-disable-isolation cargo +nightly miri test -p iommufd --lib --all-features
+# The PASID tables' lock-free radix arrays (leaf publication, reads racing writes).
+MIRIFLAGS=-Zmiri-disable-isolation cargo +nightly miri test -p iommufd-viommu --lib

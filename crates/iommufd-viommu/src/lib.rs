@@ -12,8 +12,8 @@
 //! devices and VMs, with a quota per VM).
 //!
 //! Lookups ([`DevicePasids::host_pasid`], [`DevicePasids::guest_pasid`]) are two
-//! atomic loads in a radix array, lock-free, at most 12 bytes per mapped PASID, up
-//! to the 2^20 PASIDs a PCIe device may have.
+//! atomic loads in a radix array, lock-free, about 8 bytes per mapped PASID (12
+//! with pooled host PASIDs), up to the 2^20 PASIDs a PCIe device may have.
 //!
 //! # Walkthrough: a VT-d vIOMMU with scalable mode
 //!
@@ -159,6 +159,12 @@ pub enum PasidError {
         label: u64,
         /// Its PASID limit.
         below: u32,
+    },
+    /// A table with pooled host PASIDs holds at most this many devices.
+    #[error("a PASID table with pooled host PASIDs holds at most {max} devices")]
+    TooManyDevices {
+        /// The limit.
+        max: u32,
     },
     /// A pool range outside 1..2^20, or empty.
     #[error("a host PASID pool must lie in 1..2^20 and not be empty (got {start}..{end})")]
