@@ -272,7 +272,8 @@ impl PasidTable {
 
     /// Adds `dev`, whose PASID width comes from its hardware information
     /// (`max_pasid_log2`): [`PasidError::NoPasid`] for a device without PASIDs.
-    /// Attaches through the table then go to this device.
+    /// Attaches through the table then go to this device. The table holds a handle
+    /// of the device (so it stays bound) until [`PasidTable::remove_device`].
     pub fn add_device(&self, dev: &Device) -> Result<DevicePasids> {
         let info = dev.hw_info()?;
         if info.max_pasid_log2 == 0 {
@@ -470,7 +471,8 @@ impl PasidTable {
 
     /// Attaches guest PASID `vpasid` of device `label` to `pt` (a nested or paging
     /// HWPT, or an IOAS) at its host PASID, through the device given to
-    /// [`PasidTable::add_device`]; a mapped vPASID is replaced (same pPASID). If
+    /// [`PasidTable::add_device`]; a mapped vPASID is replaced (same pPASID), as
+    /// when a guest rewrites a present PASID entry. If
     /// the kernel refuses, the table is unchanged and a new pPASID goes back to the
     /// pool. Returns the pPASID.
     ///
