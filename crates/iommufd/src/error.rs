@@ -277,6 +277,27 @@ pub enum Error {
         source: DecodeError,
     },
 
+    /// A map could not pin its pages (`ENOMEM`): the pinned memory charged to this
+    /// process or user (see [`RlimitMode`](crate::RlimitMode)) would exceed its
+    /// `RLIMIT_MEMLOCK`, or memory ran out. Nothing was mapped; the IOAS is as
+    /// before. Pages are pinned when a device (or access) is attached to the IOAS,
+    /// and charged once however many devices share the IOAS; a caller with
+    /// `CAP_IPC_LOCK` is not charged.
+    #[error(
+        "{op} of {requested:#x} bytes in {ioas}: ENOMEM: pinning would exceed the locked-memory limit ({}) or memory ran out",
+        .limit.map(|l| format!("RLIMIT_MEMLOCK {l:#x} bytes")).unwrap_or_else(|| "no RLIMIT_MEMLOCK".into())
+    )]
+    PinLimit {
+        /// The operation (`IOMMU_IOAS_MAP`, `IOMMU_IOAS_MAP_FILE`, `IOMMU_IOAS_COPY`).
+        op: &'static str,
+        /// The IOAS.
+        ioas: IoasId,
+        /// How many bytes the map asked for.
+        requested: u64,
+        /// The caller's `RLIMIT_MEMLOCK` (soft), `None` if unlimited.
+        limit: Option<u64>,
+    },
+
     /// A system call other than an iommufd ioctl failed (e.g. `mmap` of a buffer).
     #[error("{op} failed: {}", Errno(*errno))]
     Os {
@@ -346,6 +367,7 @@ impl Error {
             | Error::InvalidationIncomplete { errno, .. }
             | Error::Os { errno, .. } => Some(*errno),
             Error::UnmapSplit { .. } => Some(libc::ENOENT),
+            Error::PinLimit { .. } => Some(libc::ENOMEM),
             Error::WrongIommufd { .. }
             | Error::NotIommufd { .. }
             | Error::InUse { .. }

@@ -275,7 +275,7 @@ impl Object<kind::Ioas> {
         // pin and read its pages (never writing through it); an invalid range fails
         // with EFAULT. The long-term validity of the memory is the caller's contract.
         unsafe { self.iommufd().ioctl(uapi::IOMMU_IOAS_MAP, &mut a) }
-            .map_err(|e| Error::naming_object("IOMMU_IOAS_MAP", self.id(), e.0))?;
+            .map_err(|e| self.map_failed("IOMMU_IOAS_MAP", len, e.0))?;
         Ok(Iova(a.iova))
     }
 
@@ -330,7 +330,7 @@ impl Object<kind::Ioas> {
         a.iova = iova.map_or(0, Iova::raw);
         self.iommufd()
             .ioctl_plain(uapi::IOMMU_IOAS_MAP_FILE, &mut a)
-            .map_err(|e| Error::naming_object("IOMMU_IOAS_MAP_FILE", self.id(), e.0))?;
+            .map_err(|e| self.map_failed("IOMMU_IOAS_MAP_FILE", len, e.0))?;
         Ok(Iova(a.iova))
     }
 
@@ -565,6 +565,26 @@ impl Object<kind::Ioas> {
         Ok((a.out_phys, a.length))
     }
 
+    /// The error of a map of `len` bytes: `ENOMEM` is [`Error::PinLimit`] with the
+    /// caller's `RLIMIT_MEMLOCK`.
+    fn map_failed(&self, op: &'static str, len: u64, errno: i32) -> Error {
+        if errno != libc::ENOMEM {
+            return Error::naming_object(op, self.id(), errno);
+        }
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one `rlimit` into `r`.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0;
+        Error::PinLimit {
+            op,
+            ioas: self.id(),
+            requested: len,
+            limit: (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur),
+        }
+    }
+
     /// Whether the kernel still has this IOAS (a lookup with `IOMMU_IOAS_IOVA_RANGES`
     /// asking for no ranges), to tell a missing IOAS from other `ENOENT`s.
     pub(crate) fn exists(&self) -> bool {
@@ -630,7 +650,10 @@ impl Object<kind::Ioas> {
         a.src_iova = src_iova.raw();
         self.iommufd()
             .ioctl_plain(uapi::IOMMU_IOAS_COPY, &mut a)
-            .map_err(|e| Error::from_errno("IOMMU_IOAS_COPY", self.id(), e.0))?;
+            .map_err(|e| match e.0 {
+                libc::ENOMEM => self.map_failed("IOMMU_IOAS_COPY", len, e.0),
+                errno => Error::from_errno("IOMMU_IOAS_COPY", self.id(), errno),
+            })?;
         self.registry().evict(a.dst_iova, len);
         Ok(Iova(a.dst_iova))
     }

@@ -1,0 +1,136 @@
+//! Pinned memory against `RLIMIT_MEMLOCK`: a map that would pin past the limit
+//! fails with the typed `Error::PinLimit` (how much was asked, what the limit was)
+//! and leaves the IOAS usable; an IOAS shared by two devices charges its pages
+//! once. The kernel's mock devices pin what is mapped, like a real domain.
+
+mod common;
+
+#[cfg(feature = "selftest")]
+mod mock {
+    use super::common::open;
+    use iommufd::selftest::{MockDevice, MockDeviceFlags};
+    use iommufd::{Error, Ioas, MapFlags};
+    use iommufd_lab::mem::{self, RegionBytes};
+
+    /// Drops CAP_IPC_LOCK from the calling thread's effective set: pins are then
+    /// charged against RLIMIT_MEMLOCK.
+    fn drop_ipc_lock() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        let mut h = Header {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let mut d = [Data::default(); 2];
+        // SAFETY: capget writes two `Data` entries (version 3) into `d`.
+        let r = unsafe { libc::syscall(libc::SYS_capget, &raw mut h, d.as_mut_ptr()) };
+        assert_eq!(r, 0, "capget");
+        d[0].effective &= !(1 << 14); // CAP_IPC_LOCK
+        // SAFETY: capset reads the header and two entries; this thread only.
+        let r = unsafe { libc::syscall(libc::SYS_capset, &raw mut h, d.as_ptr()) };
+        assert_eq!(r, 0, "capset");
+    }
+
+    fn set_memlock(bytes: u64) -> libc::rlimit {
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read and write one `rlimit`.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut old), 0);
+            let new = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: old.rlim_max,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_MEMLOCK, &new), 0);
+        }
+        old
+    }
+
+    /// This process's pinned pages (kB), as /proc reports them.
+    fn vm_pin_kb() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmPin:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn a_map_past_the_memlock_limit_is_a_typed_error() {
+        std::thread::spawn(|| {
+            drop_ipc_lock();
+            let fd = open();
+            let ioas = Ioas::alloc(&fd).expect("IOAS");
+            let _mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1).expect("mock");
+            let old = set_memlock(256 << 10);
+            let big = mem::buffer(1 << 20);
+            big.fill(1);
+            let r = ioas.map(big, None, MapFlags::RW);
+            let small = mem::buffer(64 << 10);
+            small.fill(2);
+            let ok = ioas.map(small, None, MapFlags::RW);
+            // SAFETY: restores the limit read above.
+            unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &old) };
+            let refused = r.expect_err("1 MiB over a 256 KiB limit");
+            match &refused.error {
+                Error::PinLimit {
+                    requested, limit, ..
+                } => assert_eq!((*requested, *limit), (1 << 20, Some(256 << 10))),
+                e => panic!("{e}"),
+            }
+            assert_eq!(refused.error.errno(), Some(libc::ENOMEM));
+            assert!(
+                refused.error.to_string().contains("RLIMIT_MEMLOCK 0x40000"),
+                "{}",
+                refused.error
+            );
+            // Nothing was mapped, and the IOAS still takes what fits.
+            let m = ok.expect("64 KiB under the limit");
+            assert_eq!(m.len(), 64 << 10);
+            m.unmap().expect("unmap");
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn two_devices_on_one_ioas_pin_once() {
+        std::thread::spawn(|| {
+            drop_ipc_lock(); // charged pins show in VmPin
+            let fd = open();
+            fd.set_rlimit_mode(iommufd::RlimitMode::Process)
+                .expect("IOMMU_OPTION_RLIMIT_MODE (this file only)");
+            let ioas = Ioas::alloc(&fd).expect("IOAS");
+            let a = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1).expect("mock a");
+            let before = vm_pin_kb();
+            let buf = mem::buffer(1 << 20);
+            buf.fill(3);
+            let m = ioas.map(buf, None, MapFlags::RW).expect("map");
+            let one = vm_pin_kb() - before;
+            let b = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 2).expect("mock b");
+            let two = vm_pin_kb() - before;
+            assert_eq!(one, 1024, "1 MiB pinned for one device");
+            assert_eq!(two, one, "a second device on the IOAS pins nothing more");
+            drop((a, b));
+            m.unmap().expect("unmap");
+            assert_eq!(vm_pin_kb(), before);
+        })
+        .join()
+        .expect("thread");
+    }
+}
