@@ -50,6 +50,8 @@
 
 #![deny(missing_docs)]
 
+pub mod handoff;
+
 use std::fmt;
 use std::ops::Deref;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -93,6 +95,20 @@ pub enum Error {
         /// The errno of `KVM_CREATE_DEVICE`.
         errno: i32,
     },
+    /// A handoff message was not what [`handoff::send`] sends.
+    #[error("iommufd handoff: {reason}")]
+    Handoff {
+        /// What was wrong.
+        reason: String,
+    },
+    /// A socket operation failed.
+    #[error("{op} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Io {
+        /// The system call.
+        op: &'static str,
+        /// Its errno.
+        errno: i32,
+    },
     /// Binding or closing the VFIO device failed.
     #[error(transparent)]
     Vfio(#[from] iommufd_vfio::Error),
@@ -105,7 +121,10 @@ impl Error {
     /// The errno behind the error, if there is one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Kvm { errno, .. } | Error::Unsupported { errno } => Some(*errno),
+            Error::Kvm { errno, .. } | Error::Unsupported { errno } | Error::Io { errno, .. } => {
+                Some(*errno)
+            }
+            Error::Handoff { .. } => None,
             Error::Vfio(e) => e.errno(),
             Error::Iommufd(e) => e.errno(),
             Error::AlreadyRegistered { .. } => Some(libc::EEXIST),

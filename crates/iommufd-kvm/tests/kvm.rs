@@ -142,4 +142,105 @@ mod kvm {
         let dev = opened.bind(&fd, 0x42).expect("bind");
         assert!(fd.has_device(dev.id()).expect("has_device"));
     }
+
+    /// The unprivileged half: drops to `nobody`, checks it cannot open the
+    /// privileged files, receives the helper's fds, binds, maps and DMAs.
+    fn unprivileged_vmm(sock: std::os::unix::net::UnixStream, other_cdev: Option<String>) {
+        // SAFETY: plain credential syscalls on this (single-threaded) child.
+        unsafe {
+            assert_eq!(libc::setgroups(0, std::ptr::null()), 0, "setgroups");
+            assert_eq!(libc::setgid(65534), 0, "setgid");
+            assert_eq!(libc::setuid(65534), 0, "setuid");
+            assert_eq!(libc::getuid(), 65534);
+        }
+        let denied = |path: &str| {
+            let e = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .expect_err(path);
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied,
+                "{path}: {e}"
+            );
+        };
+        denied("/dev/iommu");
+        if let Some(other) = &other_cdev {
+            denied(other);
+        }
+        let got = iommufd_kvm::handoff::recv(&sock).expect("receive the fds");
+        assert_eq!(got.devices.len(), 1);
+        let fd = got.iommufd;
+        let dev = got
+            .devices
+            .into_iter()
+            .next()
+            .expect("device")
+            .bind(&fd, 0x50)
+            .expect("bind");
+        let ioas = Ioas::alloc(&fd).expect("IOAS");
+        dev.attach(&ioas).expect("attach");
+        dma(&dev, &ioas);
+        // Objects of other files are out of reach: this process has no fd for them,
+        // and the received file numbers only its own objects.
+        assert!(Iommufd::open().is_err());
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu, VT-d and an edu device (cargo xtask vmtest)"]
+    fn an_unprivileged_vmm_works_with_handed_over_fds() {
+        let _ = open();
+        let addr = isolated();
+        let sysfs = Sysfs::default();
+        // Another device's cdev, which the unprivileged process must not open.
+        let mine = std::fs::read_dir(format!("/sys/bus/pci/devices/{addr}/vfio-dev"))
+            .expect("vfio-dev")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .next()
+            .expect("the device's cdev");
+        let other = std::fs::read_dir("/dev/vfio/devices")
+            .expect("cdevs")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| *n != mine)
+            .map(|n| format!("/dev/vfio/devices/{n}"));
+        assert!(other.is_some(), "the lab has several edu devices");
+        let (helper, vmm) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        // Fork before opening anything: the child must get the files only by
+        // message.
+        // SAFETY: the child runs only `unprivileged_vmm` (which allocates, as glibc
+        // permits after fork) and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            drop(helper);
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                unprivileged_vmm(vmm, other)
+            }))
+            .is_ok();
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        drop(vmm);
+        // The privileged helper: open, send, close.
+        let fd = Iommufd::open().expect("helper: /dev/iommu");
+        let dev = VfioDevice::open_pci(&sysfs, addr).expect("helper: the device");
+        iommufd_kvm::handoff::send(&helper, &fd, &[&dev]).expect("send");
+        drop((dev, fd));
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x}"
+        );
+        // The child's exit unbound the device: it binds here again.
+        let fd = open();
+        let again = VfioDevice::open_pci(&sysfs, addr)
+            .expect("reopen")
+            .bind(&fd, 1);
+        assert!(again.is_ok(), "{:?}", again.err().map(|r| r.error));
+    }
 }
