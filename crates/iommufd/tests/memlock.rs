@@ -7,7 +7,7 @@ mod common;
 
 #[cfg(feature = "selftest")]
 mod mock {
-    use super::common::open;
+    use super::common::{kernel_version, memfd, open};
     use iommufd::selftest::{MockDevice, MockDeviceFlags};
     use iommufd::{Error, Ioas, MapFlags};
     use iommufd_lab::mem::{self, RegionBytes};
@@ -58,14 +58,26 @@ mod mock {
         old
     }
 
-    /// This process's pinned pages (kB), as /proc reports them.
-    fn vm_pin_kb() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    /// A process's memory counter (`VmPin`, `VmLck`; kB), as /proc reports it.
+    fn vm_kb(pid: &str, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmPin:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| {
+                v.trim_start_matches(':')
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0)
+    }
+
+    /// This process's pinned pages (kB).
+    fn vm_pin_kb() -> u64 {
+        vm_kb("self", "VmPin")
     }
 
     #[test]
@@ -132,5 +144,83 @@ mod mock {
         })
         .join()
         .expect("thread");
+    }
+
+    /// change_process.basic, every variant (no option set, user accounting, process
+    /// accounting): `IOMMU_IOAS_CHANGE_PROCESS` refuses user mappings, works in the
+    /// process that mapped, and moves the pin accounting of file mappings to a
+    /// forked child that calls it.
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn change_process_moves_the_accounting_to_a_child() {
+        if kernel_version() < (6, 13) {
+            let e = open().change_process().unwrap_err();
+            assert!(e.is_unsupported(), "{e}");
+            return;
+        }
+        for mode in [
+            None,
+            Some(iommufd::RlimitMode::User),
+            Some(iommufd::RlimitMode::Process),
+        ] {
+            std::thread::spawn(move || {
+                drop_ipc_lock();
+                let fd = open();
+                if let Some(m) = mode {
+                    fd.set_rlimit_mode(m).expect("RLIMIT_MODE");
+                }
+                let ioas = Ioas::alloc(&fd).expect("IOAS");
+                let _mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1).expect("mock");
+                let page = 4096u64;
+                // A user mapping: the pages belong to this mm, no moving them.
+                let buf = mem::buffer(page as usize);
+                buf.fill(1);
+                let m = ioas.map(buf, None, MapFlags::RW).expect("map");
+                let e = fd.change_process().unwrap_err();
+                assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+                m.unmap().expect("unmap");
+                // File mappings only: it works here...
+                let f = memfd(page);
+                ioas.map_file(&f, 0, page, None, MapFlags::RW)
+                    .expect("map_file");
+                fd.change_process()
+                    .expect("CHANGE_PROCESS in the mapping process");
+                let parent = std::process::id().to_string();
+                let nlock = page / 1024;
+                // ... and moves the accounting to a child that asks.
+                // SAFETY: the child runs the checks below (allocating, as glibc
+                // allows after fork) and leaves with `_exit`.
+                let child = unsafe { libc::fork() };
+                assert!(child >= 0, "fork");
+                if child == 0 {
+                    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        assert_eq!(vm_kb(&parent, "VmPin"), nlock, "parent pins before");
+                        if mode == Some(iommufd::RlimitMode::Process) {
+                            assert_eq!(vm_kb(&parent, "VmLck"), nlock, "parent locked before");
+                        }
+                        assert_eq!((vm_kb("self", "VmPin"), vm_kb("self", "VmLck")), (0, 0));
+                        fd.change_process().expect("CHANGE_PROCESS in the child");
+                        assert_eq!(vm_kb(&parent, "VmPin"), 0, "parent pins after");
+                        assert_eq!(vm_kb(&parent, "VmLck"), 0, "parent locked after");
+                        assert_eq!(vm_kb("self", "VmPin"), nlock, "child pins after");
+                        if mode == Some(iommufd::RlimitMode::Process) {
+                            assert_eq!(vm_kb("self", "VmLck"), nlock, "child locked after");
+                        }
+                    }))
+                    .is_ok();
+                    // SAFETY: ends the child without the parent's destructors.
+                    unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+                }
+                let mut status = 0;
+                // SAFETY: waits for the child forked above.
+                assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "{mode:?}: child status {status:#x}"
+                );
+            })
+            .join()
+            .expect("thread");
+        }
     }
 }
