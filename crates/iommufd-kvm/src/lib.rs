@@ -20,6 +20,9 @@
 //! and KVM holds the file while it is registered, so the unbind can only follow
 //! `FILE_DEL`: detaching first ends the device's DMA before KVM lets go.
 //!
+//! An unprivileged VMM gets its `/dev/iommu` and device fds from a privileged
+//! helper: see [`handoff`].
+//!
 //! # Walkthrough: hot-add and hot-remove in a KVM VMM
 //!
 //! ```no_run

@@ -83,40 +83,44 @@ mod mock {
     #[test]
     #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
     fn a_map_past_the_memlock_limit_is_a_typed_error() {
-        std::thread::spawn(|| {
-            drop_ipc_lock();
-            let fd = open();
-            let ioas = Ioas::alloc(&fd).expect("IOAS");
-            let _mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1).expect("mock");
-            let old = set_memlock(256 << 10);
-            let big = mem::buffer(1 << 20);
-            big.fill(1);
-            let r = ioas.map(big, None, MapFlags::RW);
-            let small = mem::buffer(64 << 10);
-            small.fill(2);
-            let ok = ioas.map(small, None, MapFlags::RW);
-            // SAFETY: restores the limit read above.
-            unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &old) };
-            let refused = r.expect_err("1 MiB over a 256 KiB limit");
-            match &refused.error {
-                Error::PinLimit {
-                    requested, limit, ..
-                } => assert_eq!((*requested, *limit), (1 << 20, Some(256 << 10))),
-                e => panic!("{e}"),
-            }
-            assert_eq!(refused.error.errno(), Some(libc::ENOMEM));
-            assert!(
-                refused.error.to_string().contains("RLIMIT_MEMLOCK 0x40000"),
-                "{}",
-                refused.error
-            );
-            // Nothing was mapped, and the IOAS still takes what fits.
-            let m = ok.expect("64 KiB under the limit");
-            assert_eq!(m.len(), 64 << 10);
-            m.unmap().expect("unmap");
-        })
-        .join()
-        .expect("thread");
+        // Charged to the user (the default) and to the process: the same limit.
+        for mode in [iommufd::RlimitMode::User, iommufd::RlimitMode::Process] {
+            std::thread::spawn(move || {
+                drop_ipc_lock();
+                let fd = open();
+                fd.set_rlimit_mode(mode).expect("RLIMIT_MODE");
+                let ioas = Ioas::alloc(&fd).expect("IOAS");
+                let _mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1).expect("mock");
+                let old = set_memlock(256 << 10);
+                let big = mem::buffer(1 << 20);
+                big.fill(1);
+                let r = ioas.map(big, None, MapFlags::RW);
+                let small = mem::buffer(64 << 10);
+                small.fill(2);
+                let ok = ioas.map(small, None, MapFlags::RW);
+                // SAFETY: restores the limit read above.
+                unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &old) };
+                let refused = r.expect_err("1 MiB over a 256 KiB limit");
+                match &refused.error {
+                    Error::PinLimit {
+                        requested, limit, ..
+                    } => assert_eq!((*requested, *limit), (1 << 20, Some(256 << 10)), "{mode:?}"),
+                    e => panic!("{mode:?}: {e}"),
+                }
+                assert_eq!(refused.error.errno(), Some(libc::ENOMEM));
+                assert!(
+                    refused.error.to_string().contains("RLIMIT_MEMLOCK 0x40000"),
+                    "{}",
+                    refused.error
+                );
+                // Nothing was mapped, and the IOAS still takes what fits.
+                let m = ok.expect("64 KiB under the limit");
+                assert_eq!(m.len(), 64 << 10);
+                m.unmap().expect("unmap");
+            })
+            .join()
+            .expect("thread");
+        }
     }
 
     #[test]
