@@ -66,9 +66,11 @@
 
 mod pool;
 mod radix;
+mod shared;
 mod table;
 
 pub use crate::pool::HostPasidPool;
+pub use crate::shared::SharedIoas;
 pub use crate::table::{DevicePasids, GuestFault, PasidPolicy, PasidTable, PasidZero};
 
 /// The result type of this crate.
