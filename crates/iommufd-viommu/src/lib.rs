@@ -66,10 +66,12 @@
 
 mod pool;
 mod radix;
+mod ram;
 mod shared;
 mod table;
 
 pub use crate::pool::HostPasidPool;
+pub use crate::ram::{GuestRamSync, SyncReport};
 pub use crate::shared::SharedIoas;
 pub use crate::table::{DevicePasids, GuestFault, PasidPolicy, PasidTable, PasidZero};
 
