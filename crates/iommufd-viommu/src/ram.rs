@@ -108,27 +108,27 @@ impl<B: Bitmap + Send + Sync + 'static> GuestRamSync<B> {
         M: GuestMemoryBackend<R = GuestRegionMmap<B>> + ?Sized,
     {
         let wanted: Vec<&GuestRegionMmap<B>> = guest.iter().filter(|r| !skip(r)).collect();
-        let is_wanted = |gpa: u64, a: &Area<B>| {
-            wanted.iter().any(|r| {
-                r.start_addr().0 == gpa && r.len() == a.len && r.as_ptr() as usize == a.host
-            })
-        };
-        let gone: Vec<u64> = self
+        let have: Vec<Span> = self
             .areas
             .iter()
-            .filter(|(g, a)| !a.plugged && !is_wanted(**g, a))
-            .map(|(g, _)| *g)
-            .collect();
-        let new: Vec<&GuestRegionMmap<B>> = wanted
-            .iter()
-            .copied()
-            .filter(|r| {
-                !self
-                    .areas
-                    .get(&r.start_addr().0)
-                    .is_some_and(|a| a.len == r.len() && a.host == r.as_ptr() as usize)
+            .map(|(g, a)| Span {
+                gpa: *g,
+                len: a.len,
+                host: a.host,
+                plugged: a.plugged,
             })
             .collect();
+        let want: Vec<Span> = wanted
+            .iter()
+            .map(|r| Span {
+                gpa: r.start_addr().0,
+                len: r.len(),
+                host: r.as_ptr() as usize,
+                plugged: false,
+            })
+            .collect();
+        let (gone, new_idx) = plan(&have, &want);
+        let new: Vec<&GuestRegionMmap<B>> = new_idx.into_iter().map(|i| wanted[i]).collect();
         // 1. Unmap what is gone, keeping the memory to map it back on failure.
         let mut removed: Vec<(u64, u64, usize, MmapSlice<B>)> = Vec::new();
         for gpa in gone {
@@ -243,20 +243,17 @@ impl<B: Bitmap + Send + Sync + 'static> GuestRamSync<B> {
             op: "unplug",
             reason: "the range overflows",
         })?;
-        let mut inside = Vec::new();
-        for (g, a) in self.areas.range(..end) {
-            let a_end = g + a.len;
-            if a_end <= gpa {
-                continue;
-            }
-            if !a.plugged || *g < gpa || a_end > end {
-                return Err(Error::InvalidArgument {
-                    op: "unplug",
-                    reason: "the range cuts through a mapped range, or covers a region not plugged",
-                });
-            }
-            inside.push(*g);
-        }
+        let spans: Vec<Span> = self
+            .areas
+            .range(..end)
+            .map(|(g, a)| Span {
+                gpa: *g,
+                len: a.len,
+                host: a.host,
+                plugged: a.plugged,
+            })
+            .collect();
+        let inside = unplug_plan(&spans, gpa, end)?;
         let n = inside.len();
         for g in inside {
             if let Some(a) = self.areas.remove(&g) {
@@ -275,5 +272,103 @@ impl<B: Bitmap + Send + Sync + 'static> GuestRamSync<B> {
             }
         }
         Ok(n)
+    }
+}
+
+/// A mapped or wanted range, for the planning functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    gpa: u64,
+    len: u64,
+    host: usize,
+    plugged: bool,
+}
+
+/// What a sync must do: the GPAs of mapped regions no longer wanted (plugged
+/// blocks are never touched), and the indices of wanted regions not mapped as they
+/// are (new, or replaced at the same GPA by other memory).
+fn plan(have: &[Span], want: &[Span]) -> (Vec<u64>, Vec<usize>) {
+    let same = |a: &Span, b: &Span| a.gpa == b.gpa && a.len == b.len && a.host == b.host;
+    let gone = have
+        .iter()
+        .filter(|h| !h.plugged && !want.iter().any(|w| same(h, w)))
+        .map(|h| h.gpa)
+        .collect();
+    let new = want
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| !have.iter().any(|h| !h.plugged && same(h, w)))
+        .map(|(i, _)| i)
+        .collect();
+    (gone, new)
+}
+
+/// The plugged ranges an unplug of `gpa..end` removes: it must cover them whole
+/// and nothing else that is mapped.
+fn unplug_plan(spans: &[Span], gpa: u64, end: u64) -> iommufd::Result<Vec<u64>> {
+    let mut inside = Vec::new();
+    for s in spans {
+        let s_end = s.gpa + s.len;
+        if s_end <= gpa || s.gpa >= end {
+            continue;
+        }
+        if !s.plugged || s.gpa < gpa || s_end > end {
+            return Err(Error::InvalidArgument {
+                op: "unplug",
+                reason: "the range cuts through a mapped range, or covers a region not plugged",
+            });
+        }
+        inside.push(s.gpa);
+    }
+    Ok(inside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(gpa: u64, len: u64, host: usize, plugged: bool) -> Span {
+        Span {
+            gpa,
+            len,
+            host,
+            plugged,
+        }
+    }
+
+    #[test]
+    fn plans_map_what_is_new_and_unmap_what_is_gone() {
+        let have = [
+            span(0, 10, 100, false),
+            span(20, 10, 200, false),
+            span(40, 4, 300, true),
+        ];
+        // Same memory: nothing to do.
+        let want = [span(0, 10, 100, false), span(20, 10, 200, false)];
+        assert_eq!(plan(&have, &want), (vec![], vec![]));
+        // A region removed, one added, one replaced at the same GPA by other memory.
+        let want = [span(0, 10, 101, false), span(60, 10, 600, false)];
+        assert_eq!(plan(&have, &want), (vec![0, 20], vec![0, 1]));
+        // Plugged blocks are never unmapped by a sync.
+        assert_eq!(plan(&have, &[]), (vec![0, 20], vec![]));
+        // A region with the plugged block's exact range is still new to sync.
+        assert_eq!(plan(&have, &[span(40, 4, 300, false)]).1, vec![0]);
+    }
+
+    #[test]
+    fn unplug_covers_whole_blocks_only() {
+        let spans = [
+            span(0, 10, 1, false),
+            span(16, 4, 2, true),
+            span(20, 4, 3, true),
+        ];
+        assert_eq!(unplug_plan(&spans, 16, 24).unwrap(), vec![16, 20]);
+        assert_eq!(unplug_plan(&spans, 12, 30).unwrap(), vec![16, 20]);
+        assert_eq!(unplug_plan(&spans, 30, 40).unwrap(), Vec::<u64>::new());
+        assert!(unplug_plan(&spans, 17, 24).is_err(), "cuts a block");
+        assert!(
+            unplug_plan(&spans, 5, 24).is_err(),
+            "covers a region not plugged"
+        );
     }
 }
