@@ -19,6 +19,12 @@ const MOCK_MARK: &str = "mock::";
 /// without the emulated VT-d, with `vfio.enable_unsafe_noiommu_mode=1` and one edu
 /// device. Elsewhere they run with the other tests (and see the command missing).
 const NOIOMMU_MARK: &str = "noiommu::";
+/// Test names under a module called `kvm` create KVM VMs in the guest. The first VM
+/// flips static keys the scheduler uses (KVM's preempt notifiers), and the kernel
+/// patches that code live; under multi-threaded TCG another vCPU can then execute
+/// the patching's int3 after it is gone ("Oops: int3" in `__schedule`). They run in
+/// a boot of their own with single-threaded TCG, where code patching is safe.
+const KVM_MARK: &str = "kvm::";
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Command-line options of `vmtest` and `test`.
@@ -287,6 +293,8 @@ struct Boot {
     vtd: bool,
     /// No IOMMU, VFIO's unsafe no-IOMMU mode on, one edu device.
     noiommu: bool,
+    /// Single-threaded TCG (the KVM tests: see [`KVM_MARK`]).
+    single_thread: bool,
     programs: Vec<Program>,
 }
 
@@ -319,6 +327,7 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
                 kernel: k.clone(),
                 vtd: true,
                 noiommu: false,
+                single_thread: false,
                 programs,
             });
             continue;
@@ -328,17 +337,23 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
         let mut main = Vec::new();
         let mut mock = Vec::new();
         let mut noiommu = Vec::new();
+        let mut kvm = Vec::new();
         for b in bins {
-            let (n, rest): (Vec<_>, Vec<_>) = b
-                .tests
-                .iter()
+            let (k, rest): (Vec<_>, Vec<_>) = b.tests.iter().partition(|t| t.starts_with(KVM_MARK));
+            let (n, rest): (Vec<_>, Vec<_>) = rest
+                .into_iter()
                 .partition(|t| split_noiommu && t.contains(NOIOMMU_MARK));
             let (m, rest): (Vec<_>, Vec<_>) = rest
                 .into_iter()
                 .partition(|t| split_mock && t.contains(MOCK_MARK));
             // One process per test, under a time limit: a hang fails that test, and
             // the rest of the boot still runs.
-            for (list, tests) in [(&mut main, rest), (&mut mock, m), (&mut noiommu, n)] {
+            for (list, tests) in [
+                (&mut main, rest),
+                (&mut mock, m),
+                (&mut noiommu, n),
+                (&mut kvm, k),
+            ] {
                 for t in tests {
                     list.push(Program {
                         name: format!("{}::{t}", b.name),
@@ -355,6 +370,7 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
                 kernel: k.clone(),
                 vtd: true,
                 noiommu: false,
+                single_thread: false,
                 programs: main,
             });
         }
@@ -364,6 +380,7 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
                 kernel: k.clone(),
                 vtd: false,
                 noiommu: false,
+                single_thread: false,
                 programs: mock,
             });
         }
@@ -373,7 +390,18 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
                 kernel: k.clone(),
                 vtd: false,
                 noiommu: true,
+                single_thread: false,
                 programs: noiommu,
+            });
+        }
+        if !kvm.is_empty() {
+            boots.push(Boot {
+                label: format!("{}-kvm", k.series),
+                kernel: k.clone(),
+                vtd: true,
+                noiommu: false,
+                single_thread: true,
+                programs: kvm,
             });
         }
     }
@@ -439,7 +467,11 @@ fn qemu_command(boot: &Boot, initramfs: &Path, console: &Path, shell: bool) -> C
         "-machine",
         "q35,kernel-irqchip=split",
         "-accel",
-        "tcg",
+        if boot.single_thread {
+            "tcg,thread=single"
+        } else {
+            "tcg"
+        },
         "-cpu",
         "max",
     ]);
@@ -920,6 +952,7 @@ fn run_program(
             kernel: k,
             vtd: true,
             noiommu: false,
+            single_thread: false,
             programs: vec![Program {
                 name: name.to_string(),
                 exe: exe.to_path_buf(),
