@@ -69,6 +69,7 @@ mod radix;
 mod ram;
 mod shared;
 mod table;
+pub mod virtio;
 
 pub use crate::pool::HostPasidPool;
 pub use crate::ram::{GuestRamSync, SyncReport};
