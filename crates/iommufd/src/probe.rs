@@ -253,8 +253,7 @@ impl Iommufd {
     pub fn probe(&self) -> Features {
         let mut commands = 0;
         for &cmd in Command::ALL {
-            let mut a = ProbeArg::default();
-            if classify(self.ioctl_plain(cmd.request(), &mut a)) == Answer::Known {
+            if self.has_command(cmd) {
                 commands |= cmd.bit();
             }
         }
@@ -278,6 +277,14 @@ impl Iommufd {
             f.option_huge_pages = flag_known(self.ioctl_plain(uapi::IOMMU_OPTION, &mut a));
         }
         f
+    }
+}
+
+impl Iommufd {
+    /// Whether the kernel knows `cmd`: one probe ioctl (see [`Iommufd::probe`]).
+    pub(crate) fn has_command(&self, cmd: Command) -> bool {
+        let mut a = ProbeArg::default();
+        classify(self.ioctl_plain(cmd.request(), &mut a)) == Answer::Known
     }
 }
 

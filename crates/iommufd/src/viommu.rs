@@ -301,10 +301,7 @@ impl Object<kind::Viommu> {
             ViommuType::ArmSmmuV3 | ViommuType::Tegra241Cmdqv
         );
         if smmu && E::DATA_TYPE == uapi::IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3 {
-            return Ok(self
-                .iommufd()
-                .probe()
-                .supports(crate::Command::HwptInvalidate));
+            return Ok(self.iommufd().has_command(crate::Command::HwptInvalidate));
         }
         probe_invalidation::<E>(self.iommufd(), self.id().raw(), self.id().to_string())
     }
