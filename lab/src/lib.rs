@@ -15,6 +15,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod caps;
 pub mod edu;
 pub mod iommufd;
 pub mod logs;

@@ -33,31 +33,7 @@ mod noiommu {
 
     /// Drops CAP_SYS_RAWIO from the calling thread's effective set.
     fn drop_rawio() {
-        #[repr(C)]
-        struct Header {
-            version: u32,
-            pid: i32,
-        }
-        #[repr(C)]
-        #[derive(Clone, Copy, Default)]
-        struct Data {
-            effective: u32,
-            permitted: u32,
-            inheritable: u32,
-        }
-        let mut h = Header {
-            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-            pid: 0,
-        };
-        let mut d = [Data::default(); 2];
-        // SAFETY: capget writes two `Data` entries (version 3) into `d`.
-        let r = unsafe { libc::syscall(libc::SYS_capget, &raw mut h, d.as_mut_ptr()) };
-        assert_eq!(r, 0, "capget: {}", std::io::Error::last_os_error());
-        d[0].effective &= !(1 << 17); // CAP_SYS_RAWIO
-        // SAFETY: capset reads the header and two `Data` entries; it changes only
-        // this thread's credentials.
-        let r = unsafe { libc::syscall(libc::SYS_capset, &raw mut h, d.as_ptr()) };
-        assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
+        iommufd_lab::caps::drop_effective(iommufd_lab::caps::CAP_SYS_RAWIO).expect("capset");
     }
 
     #[test]

@@ -12,33 +12,9 @@ mod mock {
     use iommufd::{Error, Ioas, MapFlags};
     use iommufd_lab::mem::{self, RegionBytes};
 
-    /// Drops CAP_IPC_LOCK from the calling thread's effective set: pins are then
-    /// charged against RLIMIT_MEMLOCK.
+    /// Drops CAP_IPC_LOCK from the calling thread's effective set.
     fn drop_ipc_lock() {
-        #[repr(C)]
-        struct Header {
-            version: u32,
-            pid: i32,
-        }
-        #[repr(C)]
-        #[derive(Clone, Copy, Default)]
-        struct Data {
-            effective: u32,
-            permitted: u32,
-            inheritable: u32,
-        }
-        let mut h = Header {
-            version: 0x2008_0522,
-            pid: 0,
-        };
-        let mut d = [Data::default(); 2];
-        // SAFETY: capget writes two `Data` entries (version 3) into `d`.
-        let r = unsafe { libc::syscall(libc::SYS_capget, &raw mut h, d.as_mut_ptr()) };
-        assert_eq!(r, 0, "capget");
-        d[0].effective &= !(1 << 14); // CAP_IPC_LOCK
-        // SAFETY: capset reads the header and two entries; this thread only.
-        let r = unsafe { libc::syscall(libc::SYS_capset, &raw mut h, d.as_ptr()) };
-        assert_eq!(r, 0, "capset");
+        iommufd_lab::caps::drop_effective(iommufd_lab::caps::CAP_IPC_LOCK).expect("capset");
     }
 
     fn set_memlock(bytes: u64) -> libc::rlimit {
