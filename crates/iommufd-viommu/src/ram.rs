@@ -17,6 +17,17 @@ struct Area<B: Bitmap + Send + Sync + 'static> {
     mapping: Mapping<MmapSlice<B>>,
 }
 
+impl<B: Bitmap + Send + Sync + 'static> Area<B> {
+    fn span(&self, gpa: u64) -> Span {
+        Span {
+            gpa,
+            len: self.len,
+            host: self.host,
+            plugged: self.plugged,
+        }
+    }
+}
+
 /// What a [`GuestRamSync::sync`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -108,16 +119,7 @@ impl<B: Bitmap + Send + Sync + 'static> GuestRamSync<B> {
         M: GuestMemoryBackend<R = GuestRegionMmap<B>> + ?Sized,
     {
         let wanted: Vec<&GuestRegionMmap<B>> = guest.iter().filter(|r| !skip(r)).collect();
-        let have: Vec<Span> = self
-            .areas
-            .iter()
-            .map(|(g, a)| Span {
-                gpa: *g,
-                len: a.len,
-                host: a.host,
-                plugged: a.plugged,
-            })
-            .collect();
+        let have: Vec<Span> = self.areas.iter().map(|(g, a)| a.span(*g)).collect();
         let want: Vec<Span> = wanted
             .iter()
             .map(|r| Span {
@@ -243,16 +245,7 @@ impl<B: Bitmap + Send + Sync + 'static> GuestRamSync<B> {
             op: "unplug",
             reason: "the range overflows",
         })?;
-        let spans: Vec<Span> = self
-            .areas
-            .range(..end)
-            .map(|(g, a)| Span {
-                gpa: *g,
-                len: a.len,
-                host: a.host,
-                plugged: a.plugged,
-            })
-            .collect();
+        let spans: Vec<Span> = self.areas.range(..end).map(|(g, a)| a.span(*g)).collect();
         let inside = unplug_plan(&spans, gpa, end)?;
         let n = inside.len();
         for g in inside {
