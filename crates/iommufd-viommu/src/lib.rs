@@ -64,15 +64,20 @@
 
 #![deny(missing_docs)]
 
+mod iova_map;
+mod page_tree;
 mod pool;
 mod radix;
 mod ram;
+mod shadow;
 mod shared;
 mod table;
 pub mod virtio;
 
+pub use crate::iova_map::{Cut, Extent, IovaMap, PAGE_SIZE};
 pub use crate::pool::HostPasidPool;
 pub use crate::ram::{GuestRamSync, SyncReport};
+pub use crate::shadow::{ReplayReport, ShadowDomain, ShadowError};
 pub use crate::shared::SharedIoas;
 pub use crate::table::{DevicePasids, GuestFault, PasidPolicy, PasidTable, PasidZero};
 
