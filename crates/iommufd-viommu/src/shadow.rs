@@ -108,6 +108,13 @@ pub enum ShadowError {
         /// The endpoint id.
         endpoint: u32,
     },
+    /// A bypass domain was asked to map or unmap, or an attach asked for a bypass
+    /// domain where a mapped one exists (or the reverse).
+    #[error("domain {domain}: bypass or not, not as the request expects")]
+    Bypass {
+        /// The domain id.
+        domain: u32,
+    },
     /// The request needs something the device model does not offer (a bypass
     /// domain without a bypass page table, MMIO mappings, mapping a bypass domain).
     #[error("unsupported: {what}")]
@@ -136,6 +143,7 @@ impl ShadowError {
             | ShadowError::NoPermission { .. }
             | ShadowError::Overlap { .. }
             | ShadowError::NotAttached { .. }
+            | ShadowError::Bypass { .. }
             | ShadowError::EndpointExists { .. } => Status::Inval,
             ShadowError::Overflow { .. } | ShadowError::NotRam { .. } => Status::Range,
             ShadowError::UnknownDomain { .. } | ShadowError::UnknownEndpoint { .. } => {
@@ -272,6 +280,13 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
         self.endpoints.swap_remove(i);
         self.shared.prune();
         Ok(())
+    }
+
+    /// Forgets a device that was attached here and is now attached elsewhere (or
+    /// detached) by other means.
+    pub fn forget(&mut self, dev: &Device) {
+        self.endpoints.retain(|d| !d.same(dev));
+        self.shared.prune();
     }
 
     /// The devices attached.

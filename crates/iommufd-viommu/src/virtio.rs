@@ -8,6 +8,10 @@
 
 use std::fmt;
 
+mod backend;
+
+pub use backend::Backend;
+
 /// `VIRTIO_IOMMU_T_*`: the request types.
 const T_ATTACH: u8 = 1;
 const T_DETACH: u8 = 2;

@@ -1,0 +1,390 @@
+//! The request side of a virtio-iommu device model: decoded requests turned into
+//! shadow-domain operations and answered.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use iommufd::vm_memory::bitmap::Bitmap;
+use iommufd::vm_memory::{GuestMemoryBackend, GuestRegionMmap};
+use iommufd::{Device, HwptFlags, Ioas, Iommufd, MapFlags as Perms, PageTable};
+
+use super::{Request, ResvMem, Status, probe_properties};
+use crate::shadow::{ReplayReport, ShadowDomain, ShadowError};
+
+/// A guest domain: shadowed mappings, or bypass (DMA goes to the page table the
+/// backend was given for that).
+enum Domain<B: Bitmap + Send + Sync + 'static> {
+    Mapped(ShadowDomain<B>),
+    Bypass(Vec<u32>),
+}
+
+impl<B: Bitmap + Send + Sync + 'static> Domain<B> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Domain::Mapped(d) => d.endpoints().is_empty(),
+            Domain::Bypass(eps) => eps.is_empty(),
+        }
+    }
+}
+
+struct Endpoint {
+    dev: Device,
+    resv: Vec<ResvMem>,
+    domain: Option<u32>,
+}
+
+/// The back end of a virtio-iommu device: endpoints (the passthrough devices the
+/// VMM put behind it, by endpoint id), and the guest's domains, each a
+/// [`ShadowDomain`] in an IOAS of its own.
+///
+/// [`Backend::request`] takes one request as the guest queued it (the
+/// device-readable bytes, and the device-writable buffer for the answer), carries
+/// it out and writes the answer. Everything in it is guest input:
+/// malformed requests, unknown domains or endpoints, ranges outside guest RAM get
+/// the status the specification asks for and change nothing.
+///
+/// Semantics a VMM should know:
+///
+/// - ATTACH creates the domain if needed and moves the endpoint from the domain it
+///   was in; a domain whose last endpoint leaves is destroyed with its mappings
+///   (as the Linux driver expects).
+/// - A detached endpoint's DMA is blocked.
+/// - Bypass domains (`VIRTIO_IOMMU_ATTACH_F_BYPASS`) attach their endpoints to the
+///   page table given to [`Backend::with_bypass`] (the VMM's IOAS of guest RAM at
+///   IOVA = GPA); without one they are `UNSUPP`.
+/// - An UNMAP that cuts a mapping unmaps the part asked for and keeps the rest
+///   (more lenient than the specification's `RANGE`, which it allows).
+/// - MMIO mappings are not supported (the device does not offer
+///   `VIRTIO_IOMMU_F_MMIO`).
+///
+/// ```no_run
+/// use iommufd::vm_memory::{GuestAddress, GuestMemoryMmap};
+/// use iommufd::{HwptFlags, Iommufd};
+/// use iommufd_viommu::virtio::{Backend, ResvMem};
+/// # fn f(dev: &iommufd::Device, ram: &GuestMemoryMmap) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut viommu = Backend::new(&Iommufd::open()?, HwptFlags::empty());
+/// viommu.add_endpoint(8, dev, vec![ResvMem { msi: true, start: 0xfee0_0000, end: 0xfeef_ffff }])?;
+/// // For each request the guest puts in the request queue:
+/// # let (readable, mut writable) = (vec![0u8; 36], vec![0u8; 4]);
+/// let used = viommu.request(ram, &readable, &mut writable);
+/// // ... return the descriptor chain with `used` bytes written ...
+/// # Ok(()) }
+/// ```
+pub struct Backend<B: Bitmap + Send + Sync + 'static = ()> {
+    fd: Iommufd,
+    flags: HwptFlags,
+    bypass: Option<PageTable>,
+    domains: BTreeMap<u32, Domain<B>>,
+    endpoints: BTreeMap<u32, Endpoint>,
+}
+
+impl<B: Bitmap + Send + Sync + 'static> fmt::Debug for Backend<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("domains", &self.domains.keys().collect::<Vec<_>>())
+            .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
+    /// A device with no endpoints. Domains get an IOAS of `fd` each, and their
+    /// devices HWPTs allocated with `flags` (e.g. [`HwptFlags::DIRTY_TRACKING`]).
+    pub fn new(fd: &Iommufd, flags: HwptFlags) -> Self {
+        Backend {
+            fd: fd.clone(),
+            flags,
+            bypass: None,
+            domains: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+        }
+    }
+
+    /// Lets the guest create bypass domains: their endpoints are attached to `pt`.
+    pub fn with_bypass(mut self, pt: impl Into<PageTable>) -> Self {
+        self.bypass = Some(pt.into());
+        self
+    }
+
+    /// Puts a device behind the vIOMMU as endpoint `id`, with the reserved regions
+    /// a PROBE reports for it. It stays attached where it is until the guest
+    /// attaches it.
+    pub fn add_endpoint(
+        &mut self,
+        id: u32,
+        dev: &Device,
+        resv: Vec<ResvMem>,
+    ) -> Result<(), ShadowError> {
+        if self.endpoints.contains_key(&id) {
+            return Err(ShadowError::EndpointExists { endpoint: id });
+        }
+        self.endpoints.insert(
+            id,
+            Endpoint {
+                dev: dev.clone(),
+                resv,
+                domain: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes endpoint `id` away (device unplug): it leaves its domain (its DMA is
+    /// blocked) and the handle is returned.
+    pub fn remove_endpoint(&mut self, id: u32) -> Result<Device, ShadowError> {
+        self.leave(id)?;
+        let ep = self
+            .endpoints
+            .remove(&id)
+            .ok_or(ShadowError::UnknownEndpoint { endpoint: id })?;
+        Ok(ep.dev)
+    }
+
+    /// The domain endpoint `id` is attached to.
+    pub fn domain_of(&self, endpoint: u32) -> Option<u32> {
+        self.endpoints.get(&endpoint)?.domain
+    }
+
+    /// Guest domain `id`, unless it is a bypass domain or does not exist.
+    pub fn domain(&self, id: u32) -> Option<&ShadowDomain<B>> {
+        match self.domains.get(&id)? {
+            Domain::Mapped(d) => Some(d),
+            Domain::Bypass(_) => None,
+        }
+    }
+
+    /// The ids of the guest's domains.
+    pub fn domain_ids(&self) -> Vec<u32> {
+        self.domains.keys().copied().collect()
+    }
+
+    /// Where endpoint `id`'s DMA to `iova` goes (a GPA), for an emulated device
+    /// behind the vIOMMU: `None` if unmapped or the endpoint is not in a mapped
+    /// domain (bypass domains translate nothing: IOVA = GPA).
+    pub fn translate(&self, endpoint: u32, iova: u64) -> Option<(u64, Perms)> {
+        self.domain(self.domain_of(endpoint)?)?.translate(iova)
+    }
+
+    /// Carries out one request and writes the answer into `writable` (the
+    /// request's device-writable buffer: the properties of a PROBE, then the
+    /// 4-byte tail); returns the number of bytes written (0 if `writable` cannot
+    /// hold a tail).
+    pub fn request<M>(&mut self, guest: &M, readable: &[u8], writable: &mut [u8]) -> usize
+    where
+        M: GuestMemoryBackend<R = GuestRegionMmap<B>> + ?Sized,
+    {
+        let Some(body) = writable.len().checked_sub(4) else {
+            log::warn!("iommufd-viommu: a virtio-iommu request without room for its answer");
+            return 0;
+        };
+        let (props, tail) = writable.split_at_mut(body);
+        let status = match Request::decode(readable) {
+            Err(e) => {
+                log::debug!("iommufd-viommu: {e}");
+                e.status
+            }
+            Ok(req) => match self.execute(guest, &req, props) {
+                Ok(()) => Status::Ok,
+                Err(e) => {
+                    log::debug!("iommufd-viommu: {req:?}: {e}");
+                    e.status()
+                }
+            },
+        };
+        tail.copy_from_slice(&status.tail());
+        if matches!(readable.first(), Some(5)) {
+            writable.len()
+        } else {
+            4
+        }
+    }
+
+    /// Carries out a decoded request; `probe` is where a PROBE's properties go.
+    pub fn execute<M>(
+        &mut self,
+        guest: &M,
+        req: &Request,
+        probe: &mut [u8],
+    ) -> Result<(), ShadowError>
+    where
+        M: GuestMemoryBackend<R = GuestRegionMmap<B>> + ?Sized,
+    {
+        match *req {
+            Request::Attach {
+                domain,
+                endpoint,
+                bypass,
+            } => self.attach(domain, endpoint, bypass),
+            Request::Detach { domain, endpoint } => {
+                let ep = self
+                    .endpoints
+                    .get(&endpoint)
+                    .ok_or(ShadowError::UnknownEndpoint { endpoint })?;
+                if !self.domains.contains_key(&domain) {
+                    return Err(ShadowError::UnknownDomain { domain });
+                }
+                if ep.domain != Some(domain) {
+                    return Err(ShadowError::NotAttached { endpoint, domain });
+                }
+                self.leave(endpoint)
+            }
+            Request::Map {
+                domain,
+                virt_start,
+                virt_end,
+                phys_start,
+                flags,
+            } => {
+                if flags.mmio {
+                    return Err(ShadowError::Unsupported {
+                        what: "MMIO mappings",
+                    });
+                }
+                let d = self.mapped(domain)?;
+                let len = (virt_end - virt_start)
+                    .checked_add(1)
+                    .ok_or(ShadowError::NotRam {
+                        gpa: phys_start,
+                        len: u64::MAX,
+                    })?;
+                let mut perms = Perms::empty();
+                perms.set(Perms::READ, flags.read);
+                perms.set(Perms::WRITE, flags.write);
+                d.map(guest, virt_start, phys_start, len, perms)
+            }
+            Request::Unmap {
+                domain,
+                virt_start,
+                virt_end,
+            } => {
+                let d = self.mapped(domain)?;
+                match (virt_end - virt_start).checked_add(1) {
+                    Some(len) => d.unmap(virt_start, len).map(drop),
+                    // All of the 64-bit space.
+                    None => d.clear().map(drop),
+                }
+            }
+            Request::Probe { endpoint } => {
+                let ep = self
+                    .endpoints
+                    .get(&endpoint)
+                    .ok_or(ShadowError::UnknownEndpoint { endpoint })?;
+                probe_properties(&ep.resv, probe).map_err(|_| ShadowError::Unsupported {
+                    what: "a probe buffer too small for the reserved regions",
+                })
+            }
+        }
+    }
+
+    fn mapped(&mut self, domain: u32) -> Result<&mut ShadowDomain<B>, ShadowError> {
+        match self.domains.get_mut(&domain) {
+            Some(Domain::Mapped(d)) => Ok(d),
+            Some(Domain::Bypass(_)) => Err(ShadowError::Bypass { domain }),
+            None => Err(ShadowError::UnknownDomain { domain }),
+        }
+    }
+
+    fn attach(&mut self, domain: u32, endpoint: u32, bypass: bool) -> Result<(), ShadowError> {
+        let dev = self
+            .endpoints
+            .get(&endpoint)
+            .ok_or(ShadowError::UnknownEndpoint { endpoint })?
+            .dev
+            .clone();
+        match self.domains.get(&domain) {
+            Some(Domain::Mapped(_)) if bypass => return Err(ShadowError::Bypass { domain }),
+            Some(Domain::Bypass(_)) if !bypass => return Err(ShadowError::Bypass { domain }),
+            None if bypass && self.bypass.is_none() => {
+                return Err(ShadowError::Unsupported {
+                    what: "bypass domains",
+                });
+            }
+            _ => {}
+        }
+        if self.domain_of(endpoint) == Some(domain) {
+            return Ok(());
+        }
+        if !self.domains.contains_key(&domain) {
+            let d = if bypass {
+                Domain::Bypass(Vec::new())
+            } else {
+                Domain::Mapped(ShadowDomain::new(Ioas::alloc(&self.fd)?, self.flags))
+            };
+            self.domains.insert(domain, d);
+        }
+        // Attaching replaces the device's page table, so DMA moves from the old
+        // domain to the new one without a blocked window.
+        let attached = match self.domains.get_mut(&domain) {
+            Some(Domain::Mapped(d)) => d.attach(&dev).map(drop),
+            Some(Domain::Bypass(eps)) => match &self.bypass {
+                Some(pt) => dev.attach(pt.clone()).map(|_| eps.push(endpoint)),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        };
+        if let Err(e) = attached {
+            self.drop_if_empty(domain);
+            return Err(e.into());
+        }
+        if let Some(old) = self.domain_of(endpoint) {
+            self.forget(endpoint, old);
+        }
+        if let Some(ep) = self.endpoints.get_mut(&endpoint) {
+            ep.domain = Some(domain);
+        }
+        Ok(())
+    }
+
+    /// Detaches endpoint `id` from its domain, if it is in one.
+    fn leave(&mut self, id: u32) -> Result<(), ShadowError> {
+        let Some(ep) = self.endpoints.get(&id) else {
+            return Err(ShadowError::UnknownEndpoint { endpoint: id });
+        };
+        let Some(domain) = ep.domain else {
+            return Ok(());
+        };
+        ep.dev.detach()?;
+        self.forget(id, domain);
+        if let Some(ep) = self.endpoints.get_mut(&id) {
+            ep.domain = None;
+        }
+        Ok(())
+    }
+
+    /// Removes endpoint `id` from the books of `domain` (the device is attached
+    /// elsewhere, or detached, already), dropping the domain if it is left empty.
+    fn forget(&mut self, id: u32, domain: u32) {
+        let dev = self.endpoints.get(&id).map(|e| e.dev.clone());
+        match (self.domains.get_mut(&domain), dev) {
+            (Some(Domain::Mapped(d)), Some(dev)) => d.forget(&dev),
+            (Some(Domain::Bypass(eps)), _) => eps.retain(|e| *e != id),
+            _ => {}
+        }
+        self.drop_if_empty(domain);
+    }
+
+    fn drop_if_empty(&mut self, domain: u32) {
+        if self.domains.get(&domain).is_some_and(Domain::is_empty) {
+            // Its mappings go with it (one unmap), then its IOAS.
+            self.domains.remove(&domain);
+        }
+    }
+
+    /// Replays every domain after guest memory changed (see
+    /// [`ShadowDomain::replay`]); the reports added up.
+    pub fn replay<M>(&mut self, guest: &M) -> Result<ReplayReport, ShadowError>
+    where
+        M: GuestMemoryBackend<R = GuestRegionMmap<B>> + ?Sized,
+    {
+        let mut total = ReplayReport::default();
+        for d in self.domains.values_mut() {
+            if let Domain::Mapped(d) = d {
+                let r = d.replay(guest)?;
+                total.unmapped += r.unmapped;
+                total.mapped += r.mapped;
+                total.unbacked += r.unbacked;
+            }
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,318 @@
+//! The shadow engine driven by virtio-iommu requests, checked with real DMA by
+//! QEMU's `edu` device behind the emulated VT-d: the device DMAs to GIOVAs and the
+//! bytes land at the GPAs the guest mapped, across guest memory regions; a partial
+//! unmap blocks exactly the unmapped part; bad requests change nothing; memory
+//! hot-remove and hot-add are replayed.
+//!
+//! Ignored on the host; `cargo xtask vmtest` runs them in the guest.
+
+mod vfio {
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+
+    use iommufd::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+    use iommufd::{HwptFlags, Iommufd, MapFlags};
+    use iommufd_lab::edu::Edu;
+    use iommufd_lab::pci;
+    use iommufd_lab::vfio::VfioDevice as LabDevice;
+    use iommufd_vfio::{Sysfs, VfioDevice};
+    use iommufd_viommu::virtio::{Backend, ResvMem, Status};
+
+    const KB: u64 = 1 << 10;
+    const MB: u64 = 1 << 20;
+    /// edu moves at most 4000 bytes at a time.
+    const LEN: usize = 4000;
+
+    fn head(t: u8) -> Vec<u8> {
+        vec![t, 0, 0, 0]
+    }
+
+    fn attach(domain: u32, endpoint: u32) -> Vec<u8> {
+        let mut b = head(1);
+        b.extend(domain.to_le_bytes());
+        b.extend(endpoint.to_le_bytes());
+        b.extend([0; 8]);
+        b
+    }
+
+    fn detach(domain: u32, endpoint: u32) -> Vec<u8> {
+        let mut b = head(2);
+        b.extend(domain.to_le_bytes());
+        b.extend(endpoint.to_le_bytes());
+        b.extend([0; 8]);
+        b
+    }
+
+    fn map(domain: u32, iova: u64, len: u64, gpa: u64, flags: u32) -> Vec<u8> {
+        let mut b = head(3);
+        b.extend(domain.to_le_bytes());
+        b.extend(iova.to_le_bytes());
+        b.extend((iova + len - 1).to_le_bytes());
+        b.extend(gpa.to_le_bytes());
+        b.extend(flags.to_le_bytes());
+        b
+    }
+
+    fn unmap(domain: u32, iova: u64, len: u64) -> Vec<u8> {
+        let mut b = head(4);
+        b.extend(domain.to_le_bytes());
+        b.extend(iova.to_le_bytes());
+        b.extend((iova + len - 1).to_le_bytes());
+        b.extend([0; 4]);
+        b
+    }
+
+    /// Sends one request; the status the device answered with.
+    fn send(v: &mut Backend, ram: &GuestMemoryMmap, req: &[u8]) -> u8 {
+        let mut tail = [0xffu8; 4];
+        assert_eq!(v.request(ram, req, &mut tail), 4);
+        tail[0]
+    }
+
+    fn pattern(seed: u8) -> Vec<u8> {
+        (0..LEN)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Has the device write `seed`'s pattern to `iova` (fetching it from `src`,
+    /// a GIOVA whose GPA holds it); the bytes now at `gpa`.
+    fn dma_write(
+        edu: &Edu,
+        ram: &GuestMemoryMmap,
+        src: (u64, u64),
+        iova: u64,
+        gpa: u64,
+        seed: u8,
+    ) -> bool {
+        ram.write_slice(&pattern(seed), GuestAddress(src.1))
+            .expect("write source");
+        ram.write_slice(&[0u8; LEN], GuestAddress(gpa))
+            .expect("clear target");
+        let _ = edu.dma_from_memory(src.0, 0, LEN as u64);
+        let _ = edu.dma_to_memory(0, iova, LEN as u64);
+        let mut back = vec![0u8; LEN];
+        ram.read_slice(&mut back, GuestAddress(gpa))
+            .expect("read target");
+        back == pattern(seed)
+    }
+
+    fn untouched(ram: &GuestMemoryMmap, gpa: u64) -> bool {
+        let mut back = vec![0xffu8; LEN];
+        ram.read_slice(&mut back, GuestAddress(gpa)).expect("read");
+        back.iter().all(|b| *b == 0)
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu, VT-d and an edu device (cargo xtask vmtest)"]
+    fn virtio_iommu_requests_drive_real_dma() {
+        assert!(
+            std::path::Path::new("/dev/iommu").exists(),
+            "run in the guest lab"
+        );
+        let fd = Iommufd::open().expect("open");
+        // Guest RAM: two adjacent 1 MiB regions (separate host memory), and 16 MiB.
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(MB), MB as usize),
+            (GuestAddress(2 * MB), MB as usize),
+            (GuestAddress(16 * MB), 16 * MB as usize),
+        ])
+        .expect("guest RAM");
+        let bdf = pci::isolated_edu().expect("an edu device alone in its group");
+        let dev = VfioDevice::open_pci(&Sysfs::default(), bdf.bdf().parse().expect("BDF"))
+            .expect("open the edu cdev")
+            .bind(&fd, 0x51)
+            .expect("bind");
+        let edu = Edu::new(&LabDevice::from_owned_fd(
+            dev.as_fd().try_clone_to_owned().expect("dup"),
+        ))
+        .expect("edu");
+
+        let mut v = Backend::new(&fd, HwptFlags::empty());
+        let msi = ResvMem {
+            msi: true,
+            start: 0xfee0_0000,
+            end: 0xfeef_ffff,
+        };
+        v.add_endpoint(3, &dev, vec![msi]).expect("endpoint");
+        assert_eq!(
+            send(&mut v, &ram, &attach(7, 4)),
+            Status::NoEnt as u8,
+            "unknown endpoint"
+        );
+        assert_eq!(send(&mut v, &ram, &attach(7, 3)), Status::Ok as u8);
+        assert_eq!(v.domain_of(3), Some(7));
+
+        // The device's buffer: 16 KiB at GIOVA 4 MiB, GPA 2 MiB - 8 KiB: half in
+        // each of the adjacent regions.
+        const IOVA: u64 = 4 * MB;
+        const GPA: u64 = 2 * MB - 8 * KB;
+        // And a source buffer in the big region.
+        const SRC: (u64, u64) = (8 * MB, 20 * MB);
+        assert_eq!(
+            send(&mut v, &ram, &map(7, IOVA, 16 * KB, GPA, 3)),
+            Status::Ok as u8
+        );
+        assert_eq!(
+            send(&mut v, &ram, &map(7, SRC.0, 4 * KB, SRC.1, 1)),
+            Status::Ok as u8
+        );
+        let d = v.domain(7).expect("domain 7");
+        assert_eq!(
+            d.kernel_mappings(),
+            3,
+            "the buffer split at the region boundary"
+        );
+        assert_eq!(d.mappings().len(), 2, "but one mapping to the guest");
+        assert_eq!(
+            d.translate(IOVA + 12 * KB),
+            Some((2 * MB + 4 * KB, MapFlags::RW))
+        );
+
+        for (page, seed) in [(0, 1), (1, 2), (2, 3), (3, 4)] {
+            assert!(
+                dma_write(
+                    &edu,
+                    &ram,
+                    SRC,
+                    IOVA + page * 4 * KB,
+                    GPA + page * 4 * KB,
+                    seed
+                ),
+                "page {page}: DMA to the GIOVA lands at the GPA"
+            );
+        }
+
+        // Bad requests: refused with the right status, nothing changes.
+        let before = v.domain(7).expect("domain").mappings();
+        for (req, status, what) in [
+            (
+                map(7, 32 * MB, 4 * KB, 64 * MB, 3),
+                Status::Range,
+                "GPA outside guest RAM",
+            ),
+            (
+                map(7, 32 * MB, 8 * KB, 2 * MB - 4 * KB, 3),
+                Status::Ok,
+                "GPA across adjacent regions",
+            ),
+            (
+                map(7, IOVA + 4 * KB, 4 * KB, 16 * MB, 3),
+                Status::Inval,
+                "overlap",
+            ),
+            (
+                map(7, 32 * MB + 0x800, 4 * KB, 16 * MB, 3),
+                Status::Inval,
+                "unaligned",
+            ),
+            (
+                map(7, 48 * MB, 4 * KB, 16 * MB, 0),
+                Status::Inval,
+                "no permission",
+            ),
+            (map(7, 48 * MB, 4 * KB, 16 * MB, 7), Status::Unsupp, "MMIO"),
+            (
+                map(9, 48 * MB, 4 * KB, 16 * MB, 3),
+                Status::NoEnt,
+                "unknown domain",
+            ),
+            (unmap(9, 0, 4 * KB), Status::NoEnt, "unknown domain"),
+            (
+                unmap(7, 48 * MB, 4 * KB),
+                Status::Ok,
+                "nothing mapped there: fine",
+            ),
+            (
+                unmap(7, 32 * MB, 8 * KB),
+                Status::Ok,
+                "the one mapped above",
+            ),
+            (detach(7, 4), Status::NoEnt, "unknown endpoint"),
+            (detach(8, 3), Status::NoEnt, "unknown domain"),
+            (vec![3, 0, 0, 0, 7], Status::Inval, "cut short"),
+        ] {
+            assert_eq!(send(&mut v, &ram, &req), status as u8, "{what}");
+        }
+        assert_eq!(v.domain(7).expect("domain").mappings(), before, "unchanged");
+
+        // Partial unmap of the buffer's second page: exactly that page is blocked.
+        assert_eq!(
+            send(&mut v, &ram, &unmap(7, IOVA + 4 * KB, 4 * KB)),
+            Status::Ok as u8
+        );
+        assert_eq!(v.domain(7).expect("domain").translate(IOVA + 4 * KB), None);
+        assert!(!dma_write(&edu, &ram, SRC, IOVA + 4 * KB, GPA + 4 * KB, 5));
+        assert!(
+            untouched(&ram, GPA + 4 * KB),
+            "DMA reached an unmapped page"
+        );
+        for (page, seed) in [(0, 6), (2, 7), (3, 8)] {
+            assert!(
+                dma_write(
+                    &edu,
+                    &ram,
+                    SRC,
+                    IOVA + page * 4 * KB,
+                    GPA + page * 4 * KB,
+                    seed
+                ),
+                "page {page} still mapped after the partial unmap"
+            );
+        }
+
+        // Hot-remove the second region: replay unmaps what pointed into it.
+        let (ram2, gone) = ram
+            .remove_region(GuestAddress(2 * MB), MB)
+            .expect("hot-remove");
+        let r = v.replay(&ram2).expect("replay");
+        assert_eq!((r.unmapped, r.mapped, r.unbacked), (1, 0, 1));
+        let old = GuestMemoryMmap::from_arc_regions(vec![gone]).expect("the removed region");
+        old.write_slice(&[0u8; LEN], GuestAddress(2 * MB))
+            .expect("clear");
+        let _ = edu.dma_to_memory(0, IOVA + 8 * KB, LEN as u64);
+        assert!(untouched(&old, 2 * MB), "DMA reached a removed region");
+        assert!(
+            dma_write(&edu, &ram2, SRC, IOVA, GPA, 9),
+            "the rest still works"
+        );
+        assert_eq!(
+            v.replay(&ram2).expect("replay"),
+            Default::default(),
+            "idempotent"
+        );
+
+        // New memory at the same GPAs: mapped again, the DMA goes to it.
+        let new = Arc::new(
+            GuestRegionMmap::from_range(GuestAddress(2 * MB), MB as usize, None).expect("DIMM"),
+        );
+        let ram3 = ram2.insert_region(new).expect("hot-add");
+        let r = v.replay(&ram3).expect("replay");
+        assert_eq!((r.unmapped, r.mapped, r.unbacked), (0, 1, 0));
+        assert!(dma_write(
+            &edu,
+            &ram3,
+            SRC,
+            IOVA + 12 * KB,
+            2 * MB + 4 * KB,
+            10
+        ));
+
+        // PROBE: the MSI window.
+        let mut probe = head(5);
+        probe.extend(3u32.to_le_bytes());
+        probe.extend([0u8; 64]);
+        let mut answer = vec![0xffu8; 64 + 4];
+        assert_eq!(v.request(&ram3, &probe, &mut answer), 68);
+        assert_eq!(answer[64], Status::Ok as u8);
+        assert_eq!(&answer[..4], &[1, 0, 20, 0], "RESV_MEM");
+        assert_eq!(answer[4], 1, "MSI");
+
+        // DETACH: the domain goes with its last endpoint, and the DMA is blocked.
+        assert_eq!(send(&mut v, &ram3, &detach(7, 3)), Status::Ok as u8);
+        assert!(v.domain_ids().is_empty());
+        assert!(!dma_write(&edu, &ram3, SRC, IOVA, GPA, 11));
+        assert!(untouched(&ram3, GPA));
+        drop(edu);
+    }
+}
