@@ -64,6 +64,7 @@
 
 #![deny(missing_docs)]
 
+mod dirty;
 mod iova_map;
 mod page_tree;
 mod pool;
@@ -74,6 +75,7 @@ mod shared;
 mod table;
 pub mod virtio;
 
+pub use crate::dirty::{DirtyLog, DirtySink};
 pub use crate::iova_map::{Cut, Extent, IovaMap, PAGE_SIZE};
 pub use crate::pool::HostPasidPool;
 pub use crate::ram::{GuestRamSync, SyncReport};

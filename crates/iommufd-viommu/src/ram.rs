@@ -5,7 +5,10 @@ use std::fmt;
 
 use iommufd::vm_memory::bitmap::Bitmap;
 use iommufd::vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
-use iommufd::{Error, Ioas, Iova, MapFlags, Mapping, MmapSlice};
+use iommufd::{DirtyReadFlags, Error, Hwpt, Ioas, Iova, MapFlags, Mapping, MmapSlice};
+
+use crate::dirty::{self, DirtySink};
+use crate::iova_map::PAGE_SIZE;
 
 struct Area<B: Bitmap + Send + Sync + 'static> {
     len: u64,
@@ -265,6 +268,29 @@ impl<B: Bitmap + Send + Sync + 'static> GuestRamSync<B> {
             }
         }
         Ok(n)
+    }
+}
+
+impl<B: Bitmap + DirtySink + Send + Sync + 'static> GuestRamSync<B> {
+    /// Reads which pages devices wrote, from `hwpts` (those of the devices on the
+    /// IOAS: [`SharedIoas::hwpts`](crate::SharedIoas::hwpts)), and marks them in the
+    /// dirty bitmaps of the guest memory regions: a migration round's harvest of
+    /// device DMA. One `IOMMU_HWPT_GET_DIRTY_BITMAP` per HWPT and contiguous run
+    /// of mapped ranges. Returns the number of dirty bits read.
+    ///
+    /// The kernel clears what it reports unless `flags` has
+    /// [`DirtyReadFlags::NO_CLEAR`] (for the last round, with the devices stopped).
+    pub fn harvest_dirty(&self, hwpts: &[Hwpt], flags: DirtyReadFlags) -> iommufd::Result<u64> {
+        let runs = dirty::group(self.areas.iter().map(|(gpa, a)| {
+            let slice = a.mapping.memory();
+            (
+                *gpa,
+                a.len,
+                slice.region().bitmap(),
+                slice.offset() / PAGE_SIZE,
+            )
+        }));
+        dirty::harvest(hwpts, &runs, flags)
     }
 }
 

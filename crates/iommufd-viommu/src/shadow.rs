@@ -9,7 +9,11 @@ use iommufd::vm_memory::bitmap::Bitmap;
 use iommufd::vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
 };
-use iommufd::{Device, Error, HwptFlags, HwptId, Ioas, Iova, MapFlags, Mapping, MmapSlice};
+use iommufd::{
+    Device, DirtyReadFlags, Error, HwptFlags, HwptId, Ioas, Iova, MapFlags, Mapping, MmapSlice,
+};
+
+use crate::dirty::{self, DirtySink};
 
 use crate::iova_map::{Extent, IovaMap, check_range};
 use crate::shared::SharedIoas;
@@ -247,6 +251,11 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
     /// The IOAS.
     pub fn ioas(&self) -> &Ioas {
         &self.ioas
+    }
+
+    /// The devices' attachment: the HWPTs, shared where IOMMUs allow.
+    pub fn shared(&self) -> &SharedIoas {
+        &self.shared
     }
 
     /// The HWPTs devices of the domain are attached through (for dirty tracking).
@@ -510,6 +519,32 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
             }
         }
         Ok(report)
+    }
+}
+
+impl<B: Bitmap + DirtySink + Send + Sync + 'static> ShadowDomain<B> {
+    /// Starts (or stops) tracking the pages the domain's devices write, on their
+    /// HWPTs (see [`SharedIoas::set_dirty_tracking`]).
+    pub fn set_dirty_tracking(&self, on: bool) -> iommufd::Result<()> {
+        self.shared.set_dirty_tracking(on)
+    }
+
+    /// Reads which pages the domain's devices wrote and marks them, translated
+    /// to guest-physical addresses through the domain's mappings, in the dirty
+    /// bitmaps of the guest memory regions behind them. One
+    /// `IOMMU_HWPT_GET_DIRTY_BITMAP` per HWPT and run of IOVA-contiguous
+    /// mappings; returns the number of dirty bits read.
+    pub fn harvest_dirty(&self, flags: DirtyReadFlags) -> iommufd::Result<u64> {
+        let runs = dirty::group(self.map.iter().filter_map(|(e, m)| {
+            let slice = m.as_ref()?.memory();
+            Some((
+                e.iova,
+                e.len,
+                slice.region().bitmap(),
+                slice.offset() / crate::PAGE_SIZE,
+            ))
+        }));
+        dirty::harvest(&self.shared.hwpts(), &runs, flags)
     }
 }
 

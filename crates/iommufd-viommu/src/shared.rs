@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use iommufd::{Device, Hwpt, HwptFlags, HwptId, Ioas};
 
+use crate::dirty;
+
 /// One IOAS shared by every passthrough device of a VM without a vIOMMU: guest RAM
 /// is mapped (and pinned, and charged against the memlock limit) once, however
 /// many devices there are.
@@ -36,6 +38,8 @@ struct Inner {
     ioas: Ioas,
     flags: HwptFlags,
     hwpts: Vec<Hwpt>,
+    /// Dirty tracking is on (new HWPTs get it too).
+    tracking: bool,
 }
 
 impl fmt::Debug for SharedIoas {
@@ -58,6 +62,7 @@ impl SharedIoas {
                 ioas,
                 flags,
                 hwpts: Vec::new(),
+                tracking: false,
             })),
         }
     }
@@ -96,9 +101,28 @@ impl SharedIoas {
             }
             other => other?,
         };
+        if inner.tracking {
+            // Migrating: the new device's DMA must be tracked from the start.
+            dirty::set_tracking(std::slice::from_ref(&hwpt), true)?;
+        }
         let id = dev.attach(&hwpt)?;
         inner.hwpts.push(hwpt);
         Ok(id)
+    }
+
+    /// Starts (or stops) tracking the pages devices write, on every HWPT and on
+    /// those made later, for live migration; read them with
+    /// [`GuestRamSync::harvest_dirty`](crate::GuestRamSync::harvest_dirty).
+    ///
+    /// Fails with [`iommufd::Error::Unsupported`], changing nothing, if a device's
+    /// IOMMU cannot track (its HWPT was made without
+    /// [`HwptFlags::DIRTY_TRACKING`]): its DMA writes would be lost to the
+    /// migration.
+    pub fn set_dirty_tracking(&self, on: bool) -> iommufd::Result<()> {
+        let mut inner = self.lock();
+        dirty::set_tracking(&inner.hwpts, on)?;
+        inner.tracking = on;
+        Ok(())
     }
 
     /// Forgets the HWPTs no device uses any more (they are destroyed); returns how

@@ -9,6 +9,7 @@ use iommufd::vm_memory::{GuestMemoryBackend, GuestRegionMmap};
 use iommufd::{Device, HwptFlags, Ioas, Iommufd, MapFlags as Perms, PageTable};
 
 use super::{Request, ResvMem, Status, probe_properties};
+use crate::dirty::DirtySink;
 use crate::shadow::{ReplayReport, ShadowDomain, ShadowError};
 
 /// A guest domain: shadowed mappings, or bypass (DMA goes to the page table the
@@ -76,6 +77,8 @@ pub struct Backend<B: Bitmap + Send + Sync + 'static = ()> {
     bypass: Option<PageTable>,
     domains: BTreeMap<u32, Domain<B>>,
     endpoints: BTreeMap<u32, Endpoint>,
+    /// Dirty tracking is on (new domains get it too).
+    tracking: bool,
 }
 
 impl<B: Bitmap + Send + Sync + 'static> fmt::Debug for Backend<B> {
@@ -97,6 +100,7 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
             bypass: None,
             domains: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            tracking: false,
         }
     }
 
@@ -308,7 +312,12 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
             let d = if bypass {
                 Domain::Bypass(Vec::new())
             } else {
-                Domain::Mapped(ShadowDomain::new(Ioas::alloc(&self.fd)?, self.flags))
+                let d = ShadowDomain::new(Ioas::alloc(&self.fd)?, self.flags);
+                if self.tracking {
+                    // No HWPT yet: this only makes the first one track.
+                    d.shared().set_dirty_tracking(true)?;
+                }
+                Domain::Mapped(d)
             };
             self.domains.insert(domain, d);
         }
@@ -386,5 +395,34 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
             }
         }
         Ok(total)
+    }
+}
+
+impl<B: Bitmap + DirtySink + Send + Sync + 'static> Backend<B> {
+    /// Starts (or stops) tracking the pages devices write in every mapped
+    /// domain, and in domains the guest makes later (see
+    /// [`ShadowDomain::set_dirty_tracking`]).
+    pub fn set_dirty_tracking(&mut self, on: bool) -> Result<(), ShadowError> {
+        for d in self.domains.values() {
+            if let Domain::Mapped(d) = d {
+                d.set_dirty_tracking(on)?;
+            }
+        }
+        self.tracking = on;
+        Ok(())
+    }
+
+    /// Harvests the pages devices wrote in every mapped domain into the guest
+    /// memory regions' dirty bitmaps, at their GPAs (see
+    /// [`ShadowDomain::harvest_dirty`]); bypass domains' devices are on the
+    /// VMM's own IOAS, harvested with it. Returns the number of dirty bits read.
+    pub fn harvest_dirty(&self, flags: iommufd::DirtyReadFlags) -> Result<u64, ShadowError> {
+        let mut n = 0;
+        for d in self.domains.values() {
+            if let Domain::Mapped(d) = d {
+                n += d.harvest_dirty(flags)?;
+            }
+        }
+        Ok(n)
     }
 }
