@@ -64,12 +64,12 @@ impl DirtySink for AtomicBitmap {
 /// A vm-memory dirty bitmap (`GuestMemoryMmap<DirtyLog>`) that takes the dirty
 /// pages of device DMA at memory speed.
 ///
-/// vm-memory's [`AtomicBitmap`] can only set bits one page range at a time, with
-/// a locked instruction each. A `DirtyLog` keeps two bitmaps of 4 KiB pages: the
-/// VMM's own writes (marked through vm-memory's `Bitmap` as usual), and device
-/// writes, which [`DirtySink::merge_dirty`] ORs in a word at a time under a lock
-/// the VMM never takes. Readers see the union: [`DirtyLog::is_dirty`],
-/// [`DirtyLog::get_and_reset`].
+/// vm-memory's [`AtomicBitmap`] can only set bits one page at a time, with a
+/// locked instruction each. A `DirtyLog` keeps two bitmaps of 4 KiB pages: the
+/// VMM's own writes (atomic words, marked through vm-memory's `Bitmap` as usual,
+/// never blocked), and device writes, plain words behind a lock, which
+/// [`DirtySink::merge_dirty`] ORs in at memory speed. Readers see the union:
+/// [`DirtyLog::is_dirty`], [`DirtyLog::get_and_reset`].
 ///
 /// ```
 /// use iommufd::vm_memory::bitmap::Bitmap;
@@ -84,9 +84,7 @@ impl DirtySink for AtomicBitmap {
 /// ```
 pub struct DirtyLog {
     vmm: Vec<AtomicU64>,
-    dma: Vec<AtomicU64>,
-    /// Held while device bits are merged or taken.
-    dma_lock: Mutex<()>,
+    dma: Mutex<Vec<u64>>,
     pages: u64,
 }
 
@@ -106,16 +104,13 @@ impl Default for DirtyLog {
 
 impl Clone for DirtyLog {
     fn clone(&self) -> Self {
-        let copy = |v: &[AtomicU64]| {
-            v.iter()
-                .map(|w| AtomicU64::new(w.load(Ordering::Acquire)))
-                .collect()
-        };
-        let _dma = self.lock();
         DirtyLog {
-            vmm: copy(&self.vmm),
-            dma: copy(&self.dma),
-            dma_lock: Mutex::new(()),
+            vmm: self
+                .vmm
+                .iter()
+                .map(|w| AtomicU64::new(w.load(Ordering::Acquire)))
+                .collect(),
+            dma: Mutex::new(self.dma().clone()),
             pages: self.pages,
         }
     }
@@ -128,15 +123,14 @@ impl DirtyLog {
         let words = pages.div_ceil(64) as usize;
         DirtyLog {
             vmm: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            dma: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            dma_lock: Mutex::new(()),
+            dma: Mutex::new(vec![0; words]),
             pages,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        // The guard protects no data: a panic elsewhere leaves nothing half-done.
-        self.dma_lock.lock().unwrap_or_else(|p| p.into_inner())
+    fn dma(&self) -> MutexGuard<'_, Vec<u64>> {
+        // Words are only ever ORed or cleared: a panic elsewhere leaves them valid.
+        self.dma.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The number of 4 KiB pages covered.
@@ -150,28 +144,27 @@ impl DirtyLog {
             return false;
         }
         let (w, b) = ((page / 64) as usize, page % 64);
-        (self.vmm[w].load(Ordering::Acquire) | self.dma[w].load(Ordering::Acquire)) & (1 << b) != 0
+        (self.vmm[w].load(Ordering::Acquire) | self.dma()[w]) & (1 << b) != 0
     }
 
     /// The dirty pages (one bit per page, page 0 in bit 0 of word 0), cleared as
     /// they are read: a migration round's harvest.
     pub fn get_and_reset(&self) -> Vec<u64> {
-        let _g = self.lock();
+        let mut dma = self.dma();
         self.vmm
             .iter()
-            .zip(&self.dma)
-            .map(|(v, d)| v.swap(0, Ordering::AcqRel) | d.swap(0, Ordering::AcqRel))
+            .zip(dma.iter_mut())
+            .map(|(v, d)| v.swap(0, Ordering::AcqRel) | std::mem::take(d))
             .collect()
     }
 
     /// The number of dirty pages.
     pub fn count(&self) -> u64 {
+        let dma = self.dma();
         self.vmm
             .iter()
-            .zip(&self.dma)
-            .map(|(v, d)| {
-                u64::from((v.load(Ordering::Acquire) | d.load(Ordering::Acquire)).count_ones())
-            })
+            .zip(dma.iter())
+            .map(|(v, d)| u64::from((v.load(Ordering::Acquire) | d).count_ones()))
             .sum()
     }
 
@@ -198,37 +191,22 @@ impl DirtySink for DirtyLog {
         if pages == 0 {
             return;
         }
-        let _g = self.lock();
+        let mut dma = self.dma();
+        let (mut page, mut bit, mut pages) = (page, bit, pages);
         if page % 64 == 0 && bit % 64 == 0 {
             // Word-aligned, the common case (regions and mappings start on 256 KiB
-            // boundaries): a plain OR per word. Only this function writes `dma`,
-            // and under the lock, so a load and a store lose nothing.
+            // boundaries): a plain OR of whole words, which the compiler vectorizes.
             let (dst, src) = ((page / 64) as usize, (bit / 64) as usize);
-            let full = (pages / 64) as usize;
-            let dst_words = &self.dma[dst..dst + full];
-            let src_words = words.get(src..src + full).unwrap_or(&[]);
-            for (d, s) in dst_words.iter().zip(src_words) {
-                if *s != 0 {
-                    d.store(d.load(Ordering::Relaxed) | s, Ordering::Release);
-                }
+            let full = ((pages / 64) as usize).min(words.len().saturating_sub(src));
+            for (d, s) in dma[dst..dst + full].iter_mut().zip(&words[src..src + full]) {
+                *d |= *s;
             }
             let done = full as u64 * 64;
-            if done < pages {
-                self.merge_bits(page + done, words, bit + done, pages - done);
-            }
-        } else {
-            self.merge_bits(page, words, bit, pages);
+            (page, bit, pages) = (page + done, bit + done, pages - done);
         }
-    }
-}
-
-impl DirtyLog {
-    /// Merges bit by bit (runs of set bits); the lock is held.
-    fn merge_bits(&self, page: u64, words: &[u64], bit: u64, pages: u64) {
         runs(words, bit, pages, |first, n| {
             for p in page + first..page + first + n {
-                let d = &self.dma[(p / 64) as usize];
-                d.store(d.load(Ordering::Relaxed) | 1 << (p % 64), Ordering::Release);
+                dma[(p / 64) as usize] |= 1 << (p % 64);
             }
         });
     }
