@@ -988,19 +988,24 @@ pub fn demo(opts: &Options) -> Result<bool, String> {
     run_program(opts, "demo", "passthrough", &exe, opts.filters.join(" "))
 }
 
-/// `cargo xtask bench`: the criterion benchmarks of the `iommufd` crate in the lab
-/// guest: `map_unmap` (typed map/unmap against raw ioctls) and `invalidate`
-/// (batched invalidation against one call per entry, on the mock IOMMU). Filters
+/// `cargo xtask bench`: the criterion benchmarks that need the kernel, in the lab
+/// guest: `map_unmap` (typed map/unmap against raw ioctls), `invalidate` (batched
+/// invalidation against one call per entry, on the mock IOMMU) and `guest_ram`
+/// (a 16-region guest mapped by `GuestRamSync` against a map per region). Filters
 /// go to criterion.
 pub fn bench(opts: &Options) -> Result<bool, String> {
     let mut ok = true;
-    for bench in ["map_unmap", "invalidate"] {
+    for (package, bench) in [
+        ("iommufd", "map_unmap"),
+        ("iommufd", "invalidate"),
+        ("iommufd-viommu", "guest_ram"),
+    ] {
         let exe = build_static(
             &[
                 "bench",
                 "--no-run",
                 "-p",
-                "iommufd",
+                package,
                 "--features",
                 "selftest",
                 "--bench",

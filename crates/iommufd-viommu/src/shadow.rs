@@ -565,7 +565,11 @@ impl<B: Bitmap + Send + Sync + 'static> Drop for ShadowDomain<B> {
 /// The pieces of `gpa..gpa + len` in guest memory: each a length and, if guest
 /// RAM, the region's memory and the offset in it; holes are pieces without.
 #[allow(clippy::type_complexity)]
-fn pieces<B, M>(guest: &M, gpa: u64, len: u64) -> Vec<(u64, Option<(Arc<MmapRegion<B>>, u64)>)>
+pub(crate) fn pieces<B, M>(
+    guest: &M,
+    gpa: u64,
+    len: u64,
+) -> Vec<(u64, Option<(Arc<MmapRegion<B>>, u64)>)>
 where
     B: Bitmap,
     M: GuestMemoryBackend<R = GuestRegionMmap<B>> + ?Sized,

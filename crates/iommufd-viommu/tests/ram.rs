@@ -13,6 +13,8 @@ mod vfio {
     use iommufd_lab::vfio::VfioDevice;
     use iommufd_viommu::{GuestRamSync, SyncReport};
 
+    const MB: u64 = 1 << 20;
+
     fn memfd(len: u64) -> std::fs::File {
         // SAFETY: memfd_create with a NUL-terminated name creates a new fd or fails.
         let fd = unsafe { libc::memfd_create(c"ram-sync".as_ptr(), libc::MFD_CLOEXEC) };
@@ -52,7 +54,6 @@ mod vfio {
         let fd = Iommufd::open().expect("open");
         let ioas = Ioas::alloc(&fd).expect("IOAS");
         let mut sync = GuestRamSync::new(ioas.clone(), MapFlags::RW);
-        const MB: u64 = 1 << 20;
         let ram = GuestMemoryMmap::<()>::from_ranges_with_files([
             (GuestAddress(MB), MB as usize, None),
             (
@@ -181,6 +182,100 @@ mod vfio {
         assert_eq!(sync.areas(), before, "the DIMM is mapped again");
         assert!(copy(&edu, &ram4, MB, 8 * MB, 8), "and reachable");
         drop(blocker);
+        drop(edu);
+        dev.detach().expect("detach");
+    }
+
+    /// Whether the running kernel maps files (`IOMMU_IOAS_MAP_FILE`, Linux 6.13).
+    fn kernel_maps_files() -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+        let mut v = release
+            .trim()
+            .split(['.', '-'])
+            .map(|x| x.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+        (major, minor) >= (6, 13)
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu, VT-d and an edu device (cargo xtask vmtest)"]
+    fn sixteen_regions_of_one_file_map_in_one_ioctl_per_range() {
+        assert!(
+            std::path::Path::new("/dev/iommu").exists(),
+            "run in the guest lab"
+        );
+        let fd = Iommufd::open().expect("open");
+        let ioas = Ioas::alloc(&fd).expect("IOAS");
+        // 16 regions of 1 MiB, consecutive ranges of one memfd: 8 at 32 MiB and 8 at
+        // 64 MiB, two GPA-contiguous ranges.
+        let file = Arc::new(memfd(16 * MB));
+        let ranges: Vec<_> = (0..16u64)
+            .map(|i| {
+                let gpa = if i < 8 {
+                    32 * MB + i * MB
+                } else {
+                    64 * MB + (i - 8) * MB
+                };
+                (
+                    GuestAddress(gpa),
+                    MB as usize,
+                    Some(FileOffset::from_arc(file.clone(), i * MB)),
+                )
+            })
+            .collect();
+        let ram = GuestMemoryMmap::<()>::from_ranges_with_files(ranges).expect("guest RAM");
+        let mut sync = GuestRamSync::new(ioas.clone(), MapFlags::RW);
+        let report = sync.sync(&ram).expect("sync");
+        let want = if kernel_maps_files() { 2 } else { 16 };
+        assert_eq!(report.mapped, want, "one ioctl per contiguous range");
+        assert_eq!(sync.areas().len(), want);
+
+        let pci = pci::isolated_edu().expect("an edu device alone in its group");
+        let dev = VfioDevice::open(&pci.vfio_cdev().expect("cdev")).expect("open cdev");
+        dev.bind(fd.as_fd()).expect("bind");
+        dev.attach(ioas.id().raw()).expect("attach");
+        let edu = Edu::new(&dev).expect("edu");
+        // Across a region boundary inside a run, and from one run to the other.
+        assert!(copy(&edu, &ram, 35 * MB - 0x80, 66 * MB + 0x100, 1));
+        assert!(copy(&edu, &ram, 71 * MB, 39 * MB + 0x800, 2));
+
+        // Hot-remove the fourth region: its run goes, the other regions of it are
+        // mapped again (as two runs), and only the removed one is unreachable.
+        let (ram2, gone) = ram
+            .remove_region(GuestAddress(35 * MB), MB)
+            .expect("hot-remove");
+        let report = sync.sync(&ram2).expect("sync");
+        if kernel_maps_files() {
+            assert_eq!((report.unmapped, report.mapped), (1, 2));
+            assert_eq!(
+                sync.areas(),
+                [(32 * MB, 3 * MB), (36 * MB, 4 * MB), (64 * MB, 8 * MB)]
+            );
+        } else {
+            assert_eq!((report.unmapped, report.mapped), (1, 0));
+        }
+        let old = GuestMemoryMmap::from_arc_regions(vec![gone]).expect("the removed region");
+        old.write_slice(&[0u8; 256], GuestAddress(35 * MB))
+            .expect("clear");
+        let _ = edu.dma_to_memory(0, 35 * MB, 256);
+        let mut seen = [0xffu8; 256];
+        old.read_slice(&mut seen, GuestAddress(35 * MB))
+            .expect("read");
+        assert_eq!(seen, [0u8; 256], "DMA reached a removed region");
+        assert!(
+            copy(&edu, &ram2, 34 * MB + 0x1000, 36 * MB + 0x2000, 3),
+            "its neighbours work"
+        );
+        assert_eq!(
+            sync.sync(&ram2).expect("sync"),
+            SyncReport::default(),
+            "idempotent"
+        );
+
+        // Without coalescing: one ioctl per region.
+        let ioas2 = Ioas::alloc(&fd).expect("IOAS");
+        let mut each = GuestRamSync::new(ioas2, MapFlags::RW).coalescing(false);
+        assert_eq!(each.sync(&ram2).expect("sync").mapped, 15);
         drop(edu);
         dev.detach().expect("detach");
     }
