@@ -18,6 +18,7 @@ const LEAF: u32 = 1 << 31;
 /// The largest extent index a tree can hold.
 pub(crate) const MAX_INDEX: u32 = LEAF - 1;
 
+#[inline]
 fn is_table(slot: u32) -> bool {
     slot != EMPTY && slot & LEAF == 0
 }
@@ -41,6 +42,7 @@ pub(crate) struct PageTree {
 impl PageTree {
     /// The last-level node (512 pages) holding `page`, if there is one: `None`
     /// where a larger leaf or nothing covers it.
+    #[inline]
     fn last_level(&self, page: u64) -> Option<u32> {
         let i = self
             .top
@@ -59,6 +61,7 @@ impl PageTree {
     }
 
     /// The extent holding `page`.
+    #[inline]
     pub(crate) fn get(&self, page: u64) -> Option<u32> {
         let i = self
             .top
@@ -75,6 +78,7 @@ impl PageTree {
 
     /// Sets pages `lo..=hi` to extent `v` if they are all empty; else names an
     /// extent in the way and changes nothing.
+    #[inline]
     pub(crate) fn fill_free(&mut self, lo: u64, hi: u64, v: u32) -> Result<(), u32> {
         if lo >> BITS == hi >> BITS {
             if let Some(n) = self.last_level(lo) {
@@ -104,6 +108,7 @@ impl PageTree {
 
     /// Calls `f` with the extents over pages `lo..=hi`, in order, once each, and
     /// empties those pages.
+    #[inline]
     pub(crate) fn take(&mut self, lo: u64, hi: u64, mut f: impl FnMut(u32)) {
         if lo >> BITS == hi >> BITS {
             if let Some(n) = self.last_level(lo) {
@@ -252,6 +257,7 @@ impl PageTree {
 
     /// Calls `f` with the extents over pages `lo..=hi`, in order, once each, until
     /// it returns false.
+    #[inline]
     pub(crate) fn visit(&self, lo: u64, hi: u64, mut f: impl FnMut(u32) -> bool) {
         let mut last = None;
         let mut once = |slot: u32| {
