@@ -159,24 +159,36 @@ impl PageTree {
             }
         }
         let shift = BITS * TOP;
-        for key in (lo >> shift)..=(hi >> shift) {
+        let (first, last) = (lo >> shift, hi >> shift);
+        let clip = |key: u64| {
             let base = key << shift;
-            let (l, h) = (lo.max(base), hi.min(base + (span(TOP) - 1)));
-            match self.top.binary_search_by_key(&key, |(k, _)| *k) {
-                Ok(i) => {
-                    let slot = self.apply(self.top[i].1, TOP, base, l, h, v);
-                    if slot == EMPTY {
-                        self.top.remove(i);
-                    } else {
-                        self.top[i].1 = slot;
-                    }
+            (base, lo.max(base), hi.min(base + (span(TOP) - 1)))
+        };
+        // The top slots that exist in the range, then (when setting) the missing
+        // ones: linear in the top slots touched, even for a range of 2^64.
+        let start = self.top.partition_point(|(k, _)| *k < first);
+        let end = self.top.partition_point(|(k, _)| *k <= last);
+        let mut emptied = false;
+        for i in start..end {
+            let (base, l, h) = clip(self.top[i].0);
+            let slot = self.apply(self.top[i].1, TOP, base, l, h, v);
+            emptied |= slot == EMPTY;
+            self.top[i].1 = slot;
+        }
+        if emptied {
+            self.top.retain(|(_, s)| *s != EMPTY);
+        }
+        if v != EMPTY && (end - start) as u64 != last - first + 1 {
+            let have: Vec<u64> = self.top.iter().map(|(k, _)| *k).collect();
+            let mut missing = Vec::new();
+            for key in first..=last {
+                if have.binary_search(&key).is_err() {
+                    let (base, l, h) = clip(key);
+                    missing.push((key, self.apply(EMPTY, TOP, base, l, h, v)));
                 }
-                Err(i) if v != EMPTY => {
-                    let slot = self.apply(EMPTY, TOP, base, l, h, v);
-                    self.top.insert(i, (key, slot));
-                }
-                Err(_) => {}
             }
+            self.top.extend(missing);
+            self.top.sort_unstable_by_key(|(k, _)| *k);
         }
     }
 
