@@ -1,5 +1,121 @@
-//! What a VMM builds on [`iommufd`] for a vIOMMU: per-device tables that map the
-//! guest's PASIDs to the host's.
+//! What a VMM builds on [`iommufd`] around the uAPI: guest RAM kept in an IOAS
+//! through hotplug, one IOAS shared by all passthrough devices, a shadow-mapping
+//! engine and a virtio-iommu back end for vIOMMUs without hardware nesting, dirty
+//! pages of device DMA in vm-memory's bitmaps for live migration, and per-device
+//! tables that map the guest's PASIDs to the host's.
+//!
+//! | type | for |
+//! |------|-----|
+//! | [`GuestRamSync`] | one IOAS equal to guest RAM at IOVA = GPA through DIMM hotplug and virtio-mem, one ioctl per contiguous range |
+//! | [`SharedIoas`] | all devices on that IOAS, HWPTs shared where IOMMUs allow, so RAM is pinned once; dirty tracking on all of them |
+//! | [`ShadowDomain`], [`IovaMap`] | a guest I/O domain (GIOVA -> GPA) shadowed in an IOAS: split, cut, replayed after memory changes |
+//! | [`virtio::Backend`] | virtio-iommu requests turned into shadow domains, answered as the specification asks |
+//! | [`DirtyLog`], [`DirtySink`] | dirty pages of device DMA merged into the regions' vm-memory bitmaps, at their GPAs |
+//! | [`PasidTable`] | guest PASID <-> host PASID per device, for vIOMMUs with PASIDs |
+//!
+//! # Walkthrough: guest memory without a vIOMMU
+//!
+//! Devices the guest drives with physical addresses share one IOAS that maps guest
+//! RAM at IOVA = GPA. [`GuestRamSync`] maps it and follows the memory map: after
+//! a DIMM is plugged or removed, sync again. [`SharedIoas`] attaches each device
+//! to the IOAS through a HWPT it can use, so N devices pin and charge RAM once.
+//!
+//! ```no_run
+//! use iommufd::vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+//! use iommufd::{HwptFlags, Ioas, Iommufd, MapFlags};
+//! use iommufd_viommu::{GuestRamSync, SharedIoas};
+//! # fn f(devices: &[iommufd::Device]) -> Result<(), Box<dyn std::error::Error>> {
+//! let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 30)])?;
+//! let fd = Iommufd::open()?;
+//! let ioas = Ioas::alloc(&fd)?;
+//! let mut sync = GuestRamSync::new(ioas.clone(), MapFlags::RW);
+//! sync.sync(&ram)?;
+//! let shared = SharedIoas::new(ioas, HwptFlags::DIRTY_TRACKING);
+//! for dev in devices {
+//!     shared.attach(dev)?;
+//! }
+//! // Later, a DIMM at 4 GiB: map it (and nothing else).
+//! let dimm = GuestRegionMmap::from_range(GuestAddress(4 << 30), 1 << 30, None)?;
+//! let ram = ram.insert_region(std::sync::Arc::new(dimm))?;
+//! assert_eq!(sync.sync(&ram)?.mapped, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # Walkthrough: a virtio-iommu device
+//!
+//! Without hardware nesting, the VMM shadows the guest's I/O page tables: each
+//! guest domain is an IOAS that maps, at the guest's IOVAs, the memory behind
+//! the GPAs the guest named. [`virtio::Backend`] does this for virtio-iommu: the
+//! device model hands it each request from the request queue and returns the
+//! answer it wrote. Guest input is untrusted: every malformed or impossible
+//! request gets its status and changes nothing.
+//!
+//! ```no_run
+//! use iommufd::vm_memory::GuestMemoryMmap;
+//! use iommufd::{HwptFlags, Ioas, Iommufd};
+//! use iommufd_viommu::virtio::{Backend, ResvMem};
+//! # fn f(fd: &Iommufd, dev: &iommufd::Device, bypass: &Ioas, ram: &GuestMemoryMmap,
+//! #      queue: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<(), Box<dyn std::error::Error>> {
+//! // Domains get DIRTY_TRACKING HWPTs, for migration; bypass domains go to the
+//! // VMM's IOAS of guest RAM.
+//! let mut viommu = Backend::new(fd, HwptFlags::DIRTY_TRACKING).with_bypass(bypass);
+//! let msi = ResvMem { msi: true, start: 0xfee0_0000, end: 0xfeef_ffff };
+//! viommu.add_endpoint(8, dev, vec![msi])?; // endpoint id 8: the device's RID
+//! for (readable, mut writable) in queue {
+//!     let used = viommu.request(ram, &readable, &mut writable);
+//!     // ... put the chain on the used ring with `used` bytes, notify the guest ...
+//!     # let _ = used;
+//! }
+//! // Guest memory changed (hotplug): mappings follow.
+//! viommu.replay(ram)?;
+//! // An emulated device behind the same vIOMMU translates its DMA addresses:
+//! let gpa = viommu.translate(8, 0xffff_0000);
+//! # let _ = gpa;
+//! # Ok(()) }
+//! ```
+//!
+//! [`ShadowDomain`] is the engine under it, for other vIOMMU models (VT-d in
+//! caching mode: map and unmap what the guest's page-table changes and
+//! invalidations describe).
+//!
+//! # Walkthrough: a migration round
+//!
+//! Devices write guest memory behind the VMM's back; migration must copy those
+//! pages again like the ones vCPUs dirtied. Give guest memory bitmaps
+//! (`GuestMemoryMmap<DirtyLog>`, or vm-memory's `AtomicBitmap`), turn on dirty
+//! tracking, and each round harvest device writes into the regions' bitmaps: by
+//! IOVA = GPA for the shared IOAS, translated through the shadow mappings for
+//! virtio-iommu domains. Read the bitmaps as usual.
+//!
+//! ```no_run
+//! use iommufd::vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+//! use iommufd::DirtyReadFlags;
+//! use iommufd_viommu::{DirtyLog, GuestRamSync, SharedIoas};
+//! use iommufd_viommu::virtio::Backend;
+//! # fn f(ram: &GuestMemoryMmap<DirtyLog>, sync: &GuestRamSync<DirtyLog>, shared: &SharedIoas,
+//! #      viommu: &mut Backend<DirtyLog>) -> Result<(), Box<dyn std::error::Error>> {
+//! shared.set_dirty_tracking(true)?; // fails if a device's IOMMU cannot track
+//! viommu.set_dirty_tracking(true)?;
+//! loop {
+//!     sync.harvest_dirty(&shared.hwpts(), DirtyReadFlags::empty())?;
+//!     viommu.harvest_dirty(DirtyReadFlags::empty())?;
+//!     let mut dirty = 0;
+//!     for region in ram.iter() {
+//!         let pages = region.get_mmap().bitmap().get_and_reset();
+//!         dirty += pages.iter().map(|w| w.count_ones()).sum::<u32>();
+//!         // ... send the pages whose bits are set ...
+//!     }
+//!     if dirty < 1024 {
+//!         break; // stop the vCPUs and devices, then one last round
+//!     }
+//! }
+//! sync.harvest_dirty(&shared.hwpts(), DirtyReadFlags::NO_CLEAR)?;
+//! viommu.harvest_dirty(DirtyReadFlags::NO_CLEAR)?;
+//! shared.set_dirty_tracking(false)?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Walkthrough: PASIDs of a VT-d vIOMMU with scalable mode
 //!
 //! A guest that uses PASIDs (shared virtual addressing, scalable IOV, per-process
 //! DMA contexts) names them in everything it tells its vIOMMU: PASID-table entries,
@@ -14,8 +130,6 @@
 //! Lookups ([`DevicePasids::host_pasid`], [`DevicePasids::guest_pasid`]) are two
 //! atomic loads in a radix array, lock-free, about 8 bytes per mapped PASID (12
 //! with pooled host PASIDs), up to the 2^20 PASIDs a PCIe device may have.
-//!
-//! # Walkthrough: a VT-d vIOMMU with scalable mode
 //!
 //! The guest's scalable-mode context entry points to its PASID table; when the
 //! guest fills a PASID entry (first-level table root, flags), the vIOMMU model
