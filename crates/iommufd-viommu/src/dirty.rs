@@ -358,6 +358,52 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_memory_of_dirty_logs_records_vmm_writes() {
+        use iommufd::vm_memory::GuestMemoryRegion;
+        use iommufd::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+        let ram = GuestMemoryMmap::<DirtyLog>::from_ranges(&[(GuestAddress(0x10_0000), 0x10_0000)])
+            .unwrap();
+        ram.write_slice(&[1u8; 10], GuestAddress(0x10_1ffc))
+            .unwrap(); // pages 1 and 2
+        let region = ram.iter().next().unwrap();
+        let log = region.get_mmap();
+        let log = log.bitmap();
+        assert_eq!(log.pages(), 256);
+        assert!(log.dirty_at(0x1000) && log.dirty_at(0x2fff) && !log.dirty_at(0x3000));
+        assert!(
+            region.bitmap().dirty_at(0x2000),
+            "through vm-memory's slice"
+        );
+        let copy = log.clone();
+        assert_eq!(copy.count(), 2);
+        assert!(format!("{copy:?}").contains("256"));
+        assert_eq!(log.get_and_reset()[0], 0b110);
+        assert_eq!(copy.count(), 2, "a copy, not a view");
+        let empty = DirtyLog::default();
+        assert_eq!((empty.pages(), empty.is_dirty(0)), (0, false));
+        empty.mark_dirty(0, 0);
+        empty.merge_dirty(0, &[1], 0, 1);
+        assert_eq!(DirtyLog::with_len(8192).pages(), 2);
+    }
+
+    #[test]
+    fn harvest_runs_group_contiguous_pieces() {
+        let (a, b) = (DirtyLog::new(1 << 20), DirtyLog::new(1 << 20));
+        let runs = group([
+            (0x1000, 0x2000, &a, 0),
+            (0x3000, 0x1000, &b, 5),
+            (0x8000, 0x1000, &a, 9),
+        ]);
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            (runs[0].iova, runs[0].len, runs[0].pieces.len()),
+            (0x1000, 0x3000, 2)
+        );
+        assert_eq!((runs[1].iova, runs[1].len), (0x8000, 0x1000));
+        assert!(group::<DirtyLog>([]).is_empty());
+    }
+
+    #[test]
     fn vmm_writes_and_device_writes_are_one_view() {
         let log = DirtyLog::new(1 << 20);
         log.mark_dirty(4095, 2); // pages 0 and 1

@@ -618,6 +618,67 @@ mod tests {
         assert_eq!(group_runs(&parts, &gap)[0], 0..1);
     }
 
+    fn memfd(len: u64) -> std::fs::File {
+        // SAFETY: memfd_create with a NUL-terminated name returns a new fd or -1.
+        let fd = unsafe { libc::memfd_create(c"ram-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a new fd nothing else owns.
+        let f = std::fs::File::from(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        });
+        f.set_len(len).unwrap();
+        f
+    }
+
+    #[test]
+    fn runs_of_one_file_map_by_file_as_one_source() {
+        use iommufd::vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+        let file = std::sync::Arc::new(memfd(3 << 20));
+        let at = |i: u64| {
+            (
+                GuestAddress(i << 20),
+                1 << 20,
+                Some(FileOffset::from_arc(file.clone(), i << 20)),
+            )
+        };
+        let ram = GuestMemoryMmap::<()>::from_ranges_with_files([at(0), at(1), at(2)]).unwrap();
+        let regions: Vec<_> = ram.iter().collect();
+        let keys: Vec<_> = regions.iter().map(|r| file_key(r)).collect();
+        assert!(keys.iter().all(Option::is_some));
+        assert_eq!(keys[1].unwrap().offset, 1 << 20);
+        let parts: Vec<Part> = regions
+            .iter()
+            .map(|r| Part {
+                gpa: r.start_addr().0,
+                len: r.len(),
+                host: r.as_ptr() as usize,
+            })
+            .collect();
+        assert_eq!(group_runs(&parts, &keys), vec![0..3]);
+        let run = Run {
+            slices: regions
+                .iter()
+                .map(|r| MmapSlice::whole(r.get_mmap()))
+                .collect(),
+        };
+        let src = run.dma_source();
+        assert_eq!(src.len(), 3 << 20);
+        assert_eq!(src.file_range().map(|(_, off)| off), Some(0));
+        assert!(
+            src.host_addr().is_none(),
+            "by file only: the mappings are not contiguous"
+        );
+        assert!(src.is_writable());
+        // One region: its own source (file and host address).
+        let one = Run {
+            slices: vec![MmapSlice::whole(regions[0].get_mmap())],
+        };
+        assert!(one.dma_source().host_addr().is_some());
+        // Anonymous memory has no file key.
+        let anon = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4096)]).unwrap();
+        assert!(file_key(anon.iter().next().unwrap()).is_none());
+    }
+
     #[test]
     fn unplug_covers_whole_blocks_only() {
         let spans = [

@@ -605,3 +605,104 @@ where
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iommufd::vm_memory::GuestMemoryMmap;
+
+    #[test]
+    fn every_refusal_has_the_status_a_guest_expects() {
+        let e = Extent::new(0, 0, 4096, MapFlags::RW).unwrap();
+        let cases = [
+            (ShadowError::EmptyRange { op: "map" }, Status::Inval),
+            (ShadowError::Unaligned { op: "map", addr: 1 }, Status::Inval),
+            (ShadowError::NoPermission { iova: 0 }, Status::Inval),
+            (
+                ShadowError::Overlap {
+                    iova: 0,
+                    existing: e,
+                },
+                Status::Inval,
+            ),
+            (
+                ShadowError::NotAttached {
+                    endpoint: 1,
+                    domain: 2,
+                },
+                Status::Inval,
+            ),
+            (ShadowError::EndpointExists { endpoint: 1 }, Status::Inval),
+            (ShadowError::Bypass { domain: 1 }, Status::Inval),
+            (
+                ShadowError::Overflow {
+                    op: "map",
+                    addr: 1,
+                    len: 2,
+                },
+                Status::Range,
+            ),
+            (ShadowError::NotRam { gpa: 0, len: 1 }, Status::Range),
+            (ShadowError::UnknownDomain { domain: 1 }, Status::NoEnt),
+            (ShadowError::UnknownEndpoint { endpoint: 1 }, Status::NoEnt),
+            (ShadowError::Unsupported { what: "x" }, Status::Unsupp),
+            (ShadowError::TooManyExtents, Status::NoMem),
+        ];
+        for (err, status) in cases {
+            assert_eq!(err.status(), status, "{err}");
+            assert!(!err.to_string().is_empty());
+        }
+        let kernel = |errno| {
+            ShadowError::Iommufd(Error::Ioctl {
+                op: "IOMMU_IOAS_MAP",
+                object: "ioas 1".into(),
+                errno,
+            })
+        };
+        assert_eq!(kernel(libc::ENOMEM).status(), Status::NoMem);
+        assert_eq!(kernel(libc::EFAULT).status(), Status::Fault);
+        assert_eq!(kernel(libc::EIO).status(), Status::DevErr);
+        let lost = ShadowError::Remainder {
+            iova: 0,
+            len: 4096,
+            source: Error::InvalidArgument {
+                op: "x",
+                reason: "y",
+            },
+        };
+        assert_eq!(lost.status(), Status::DevErr);
+    }
+
+    #[test]
+    fn pieces_follow_regions_and_holes() {
+        const MB: u64 = 1 << 20;
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(MB), MB as usize),
+            (GuestAddress(2 * MB), MB as usize),
+            (GuestAddress(8 * MB), MB as usize),
+        ])
+        .unwrap();
+        let p = pieces(&ram, 0, 10 * MB);
+        let shape: Vec<(u64, Option<u64>)> = p
+            .iter()
+            .map(|(l, m)| (*l, m.as_ref().map(|(_, o)| *o)))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (MB, None),
+                (MB, Some(0)),
+                (MB, Some(0)),
+                (5 * MB, None),
+                (MB, Some(0)),
+                (MB, None)
+            ]
+        );
+        // Inside one region, from an offset.
+        let p = pieces(&ram, 2 * MB + 0x3000, 0x2000);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].1.as_ref().map(|(_, o)| *o), Some(0x3000));
+        // Holes next to each other are one piece.
+        assert_eq!(pieces(&ram, 4 * MB, 2 * MB).len(), 1);
+    }
+}
