@@ -631,6 +631,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "memfd_create and file mmaps: Miri cannot run them")]
     fn runs_of_one_file_map_by_file_as_one_source() {
         use iommufd::vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
         let file = std::sync::Arc::new(memfd(3 << 20));
