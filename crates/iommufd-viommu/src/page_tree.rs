@@ -40,39 +40,34 @@ pub(crate) struct PageTree {
 }
 
 impl PageTree {
-    /// The last-level node (512 pages) holding `page`, if there is one: `None`
-    /// where a larger leaf or nothing covers it.
+    /// Walks down to `page` until a slot that is not a table, or the slot of
+    /// level `stop`; returns that slot and its level.
     #[inline]
-    fn last_level(&self, page: u64) -> Option<u32> {
+    fn walk(&self, page: u64, stop: u32) -> Option<(u32, u32)> {
         let i = self
             .top
             .binary_search_by_key(&(page >> (BITS * TOP)), |(k, _)| *k)
             .ok()?;
-        let mut slot = self.top[i].1;
-        let mut level = TOP;
-        while is_table(slot) {
-            if level == 1 {
-                return Some(slot);
-            }
+        let (mut slot, mut level) = (self.top[i].1, TOP);
+        while is_table(slot) && level > stop {
             level -= 1;
             slot = self.nodes[slot as usize][((page >> (BITS * level)) as usize) & (FAN - 1)];
         }
-        None
+        Some((slot, level))
+    }
+
+    /// The last-level node (512 pages) holding `page`, if there is one: `None`
+    /// where a larger leaf or nothing covers it.
+    #[inline]
+    fn last_level(&self, page: u64) -> Option<u32> {
+        let (slot, level) = self.walk(page, 1)?;
+        (level == 1 && is_table(slot)).then_some(slot)
     }
 
     /// The extent holding `page`.
     #[inline]
     pub(crate) fn get(&self, page: u64) -> Option<u32> {
-        let i = self
-            .top
-            .binary_search_by_key(&(page >> (BITS * TOP)), |(k, _)| *k)
-            .ok()?;
-        let mut slot = self.top[i].1;
-        let mut level = TOP;
-        while is_table(slot) {
-            level -= 1;
-            slot = self.nodes[slot as usize][((page >> (BITS * level)) as usize) & (FAN - 1)];
-        }
+        let (slot, _) = self.walk(page, 0)?;
         (slot != EMPTY).then_some(slot & !LEAF)
     }
 

@@ -193,14 +193,7 @@ impl<B: Bitmap + Send + Sync + 'static> GuestRamSync<B> {
     {
         let wanted: Vec<&GuestRegionMmap<B>> = guest.iter().filter(|r| !skip(r)).collect();
         let have: Vec<Span> = self.areas.iter().map(|(g, a)| a.span(*g)).collect();
-        let want: Vec<Part> = wanted
-            .iter()
-            .map(|r| Part {
-                gpa: r.start_addr().0,
-                len: r.len(),
-                host: r.as_ptr() as usize,
-            })
-            .collect();
+        let want: Vec<Part> = wanted.iter().map(|r| Part::of(r)).collect();
         let (gone, new_idx) = plan(&have, &want);
         let keys: Vec<Option<FileKey>> = new_idx.iter().map(|i| file_key(wanted[*i])).collect();
         let runs = if self.coalesce {
@@ -438,6 +431,16 @@ struct Part {
     host: usize,
 }
 
+impl Part {
+    fn of<B: Bitmap>(r: &GuestRegionMmap<B>) -> Part {
+        Part {
+            gpa: r.start_addr().0,
+            len: r.len(),
+            host: r.as_ptr() as usize,
+        }
+    }
+}
+
 /// A mapped area, for the planning functions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Span {
@@ -647,14 +650,7 @@ mod tests {
         let keys: Vec<_> = regions.iter().map(|r| file_key(r)).collect();
         assert!(keys.iter().all(Option::is_some));
         assert_eq!(keys[1].unwrap().offset, 1 << 20);
-        let parts: Vec<Part> = regions
-            .iter()
-            .map(|r| Part {
-                gpa: r.start_addr().0,
-                len: r.len(),
-                host: r.as_ptr() as usize,
-            })
-            .collect();
+        let parts: Vec<Part> = regions.iter().map(|r| Part::of(r)).collect();
         assert_eq!(group_runs(&parts, &keys), vec![0..3]);
         let run = Run {
             slices: regions
