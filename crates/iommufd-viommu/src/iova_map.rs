@@ -267,6 +267,22 @@ impl<T> IovaMap<T> {
         Ok(idx)
     }
 
+    /// The first extent with a page in `iova..iova + len`, and its payload.
+    pub fn first_in(&self, iova: u64, len: u64) -> Option<(&Extent, &T)> {
+        if len == 0 {
+            return None;
+        }
+        let last = iova.saturating_add(len - 1);
+        let mut first = None;
+        self.tree
+            .visit(iova >> PAGE_SHIFT, last >> PAGE_SHIFT, |x| {
+                first = Some(x);
+                false
+            });
+        let (e, t) = self.entry(first?)?;
+        Some((e, t))
+    }
+
     /// Whether any page of `iova..iova + len` is mapped.
     pub fn overlaps(&self, iova: u64, len: u64) -> bool {
         if len == 0 {
@@ -369,43 +385,62 @@ impl<T> IovaMap<T> {
             n += 1;
         });
         out.reserve(n);
-        for x in few.into_iter().take(n).chain(more) {
-            let Some(Some((e, t))) = self.entries.get_mut(x as usize) else {
-                continue;
-            };
-            let whole = *e;
-            let [left, right] = whole.remainders(iova, last);
-            let payload = std::mem::take(t);
-            let mut split = None;
-            match (left, right) {
-                (None, None) => {
-                    self.entries[x as usize] = None;
-                    self.free.push(x);
-                    self.count -= 1;
-                }
-                // The extent's index stays with what is left of it...
-                (Some(kept), None) | (None, Some(kept)) => *e = kept,
-                // ...before the range; what is left after it gets its own.
-                (Some(l), Some(r)) => {
-                    *e = l;
-                    split = Some(r);
-                }
+        for &x in &few[..n.min(few.len())] {
+            self.cut_one(x, iova, last, out)?;
+        }
+        for x in more {
+            self.cut_one(x, iova, last, out)?;
+        }
+        Ok(())
+    }
+
+    /// Cuts `iova..=last` out of extent `x`, recording it in `out`.
+    #[inline]
+    fn cut_one(
+        &mut self,
+        x: u32,
+        iova: u64,
+        last: u64,
+        out: &mut Vec<Cut<T>>,
+    ) -> Result<(), ShadowError>
+    where
+        T: Default,
+    {
+        let Some(Some((e, t))) = self.entries.get_mut(x as usize) else {
+            return Ok(());
+        };
+        let whole = *e;
+        let [left, right] = whole.remainders(iova, last);
+        let payload = std::mem::take(t);
+        let mut split = None;
+        match (left, right) {
+            (None, None) => {
+                self.entries[x as usize] = None;
+                self.free.push(x);
+                self.count -= 1;
             }
-            out.push(Cut {
-                extent: whole,
-                payload,
-                left,
-                right,
-            });
-            if let Some(r) = split {
-                let (lo, hi) = (r.iova >> PAGE_SHIFT, r.last() >> PAGE_SHIFT);
-                match self.alloc(r, T::default()) {
-                    Ok(y) => self.tree.set(lo, hi, Some(y)),
-                    Err(e) => {
-                        // No index left (2^31 extents): drop the remainder.
-                        self.tree.set(lo, hi, None);
-                        return Err(e);
-                    }
+            // The extent's index stays with what is left of it...
+            (Some(kept), None) | (None, Some(kept)) => *e = kept,
+            // ...before the range; what is left after it gets its own.
+            (Some(l), Some(r)) => {
+                *e = l;
+                split = Some(r);
+            }
+        }
+        out.push(Cut {
+            extent: whole,
+            payload,
+            left,
+            right,
+        });
+        if let Some(r) = split {
+            let (lo, hi) = (r.iova >> PAGE_SHIFT, r.last() >> PAGE_SHIFT);
+            match self.alloc(r, T::default()) {
+                Ok(y) => self.tree.set(lo, hi, Some(y)),
+                Err(e) => {
+                    // No index left (2^31 extents): drop the remainder.
+                    self.tree.set(lo, hi, None);
+                    return Err(e);
                 }
             }
         }

@@ -28,6 +28,16 @@ fn span(level: u32) -> u64 {
     1 << (BITS * level)
 }
 
+/// What holds a last-level span of 512 pages.
+enum Cover {
+    /// A last-level node.
+    Node(u32),
+    /// Nothing: every page is empty.
+    Nothing,
+    /// A leaf of a larger slot.
+    Leaf,
+}
+
 #[derive(Default)]
 pub(crate) struct PageTree {
     /// Top slots by page number >> 36, sorted.
@@ -56,12 +66,15 @@ impl PageTree {
         Some((slot, level))
     }
 
-    /// The last-level node (512 pages) holding `page`, if there is one: `None`
-    /// where a larger leaf or nothing covers it.
+    /// What holds the 512 pages around `page` (a range inside them takes the
+    /// fast paths).
     #[inline]
-    fn last_level(&self, page: u64) -> Option<u32> {
-        let (slot, level) = self.walk(page, 1)?;
-        (level == 1 && is_table(slot)).then_some(slot)
+    fn cover(&self, page: u64) -> Cover {
+        match self.walk(page, 1) {
+            Some((slot, 1)) if is_table(slot) => Cover::Node(slot),
+            None | Some((EMPTY, _)) => Cover::Nothing,
+            Some(_) => Cover::Leaf,
+        }
     }
 
     /// The extent holding `page`.
@@ -76,7 +89,15 @@ impl PageTree {
     #[inline]
     pub(crate) fn fill_free(&mut self, lo: u64, hi: u64, v: u32) -> Result<(), u32> {
         if lo >> BITS == hi >> BITS {
-            if let Some(n) = self.last_level(lo) {
+            let n = match self.cover(lo) {
+                Cover::Node(n) => Some(n),
+                Cover::Nothing => {
+                    self.set(lo, hi, Some(v));
+                    return Ok(());
+                }
+                Cover::Leaf => None,
+            };
+            if let Some(n) = n {
                 let range = (lo as usize) & (FAN - 1)..=(hi as usize) & (FAN - 1);
                 let slots = &mut self.nodes[n as usize][range];
                 if let Some(s) = slots.iter().find(|s| **s != EMPTY) {
@@ -106,7 +127,12 @@ impl PageTree {
     #[inline]
     pub(crate) fn take(&mut self, lo: u64, hi: u64, mut f: impl FnMut(u32)) {
         if lo >> BITS == hi >> BITS {
-            if let Some(n) = self.last_level(lo) {
+            let n = match self.cover(lo) {
+                Cover::Node(n) => Some(n),
+                Cover::Nothing => return,
+                Cover::Leaf => None,
+            };
+            if let Some(n) = n {
                 let range = (lo as usize) & (FAN - 1)..=(hi as usize) & (FAN - 1);
                 let mut last = EMPTY;
                 let mut freed = 0u16;
@@ -139,7 +165,11 @@ impl PageTree {
     pub(crate) fn set(&mut self, lo: u64, hi: u64, v: Option<u32>) {
         let v = v.map_or(EMPTY, |x| x | LEAF);
         if lo >> BITS == hi >> BITS {
-            if let Some(n) = self.last_level(lo) {
+            let cover = self.cover(lo);
+            if v == EMPTY && matches!(cover, Cover::Nothing) {
+                return;
+            }
+            if let Cover::Node(n) = cover {
                 let node = &mut self.nodes[n as usize];
                 let mut used = i32::from(self.used[n as usize]);
                 for s in &mut node[(lo as usize) & (FAN - 1)..=(hi as usize) & (FAN - 1)] {
@@ -276,7 +306,12 @@ impl PageTree {
             f(x)
         };
         if lo >> BITS == hi >> BITS {
-            if let Some(n) = self.last_level(lo) {
+            let n = match self.cover(lo) {
+                Cover::Node(n) => Some(n),
+                Cover::Nothing => return,
+                Cover::Leaf => None,
+            };
+            if let Some(n) = n {
                 for s in
                     &self.nodes[n as usize][(lo as usize) & (FAN - 1)..=(hi as usize) & (FAN - 1)]
                 {

@@ -322,10 +322,10 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
         if !perms.intersects(MapFlags::RW) {
             return Err(ShadowError::NoPermission { iova });
         }
-        if let Some((existing, _)) = self.map.overlapping(iova, len).first() {
+        if let Some((existing, _)) = self.map.first_in(iova, len) {
             return Err(ShadowError::Overlap {
                 iova,
-                existing: **existing,
+                existing: *existing,
             });
         }
         let dma = self
@@ -349,20 +349,21 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
     pub fn unmap(&mut self, iova: u64, len: u64) -> Result<u64, ShadowError> {
         check_range("unmap", iova, len)?;
         let last = iova + (len - 1);
-        // The kernel first, in one ioctl for every kernel mapping involved: they lie
-        // between the first and the last backed extent, and nothing else does. If
-        // it refuses, nothing has changed.
-        let touched = self.map.overlapping(iova, len);
-        let mut backed = touched
-            .iter()
-            .filter(|(_, m)| m.is_some())
-            .map(|(e, _)| **e);
-        if let Some(first) = backed.next() {
-            let end = backed.next_back().unwrap_or(first).last();
-            self.ioas.unmap(Iova(first.iova), end - first.iova + 1)?;
-        }
         let mut cuts = Vec::new();
         self.map.cut_into(iova, len, &mut cuts)?;
+        // The kernel, in one ioctl for every kernel mapping involved: they lie
+        // between the first and the last backed extent cut, and nothing else does.
+        let mut backed = cuts
+            .iter()
+            .filter(|c| c.payload.is_some())
+            .map(|c| c.extent);
+        if let Some(first) = backed.next() {
+            let end = backed.next_back().unwrap_or(first).last();
+            if let Err(e) = self.ioas.unmap(Iova(first.iova), end - first.iova + 1) {
+                self.uncut(cuts);
+                return Err(e.into());
+            }
+        }
         let mut unmapped = 0;
         let mut failed = None;
         for c in cuts {
@@ -395,6 +396,17 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
         match failed {
             Some(e) => Err(e),
             None => Ok(unmapped),
+        }
+    }
+
+    /// Puts back what [`IovaMap::cut_into`] cut, as it was (the kernel refused the
+    /// unmap: its mappings are unchanged).
+    fn uncut(&mut self, cuts: Vec<crate::Cut<Backing<B>>>) {
+        for c in cuts {
+            // The remainders hold no kernel mapping yet: remove them, and the whole
+            // extent fits where it was.
+            let _ = self.map.remove_overlapping(c.extent.iova, c.extent.len);
+            let _ = self.map.insert(c.extent, c.payload);
         }
     }
 
