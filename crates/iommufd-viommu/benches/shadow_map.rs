@@ -1,16 +1,20 @@
 //! The shadow engine's map / unmap bookkeeping ([`IovaMap`]) against a plain
 //! `BTreeMap` interval map (start -> extent), the obvious baseline, in the same run.
 //!
-//! The trace is what a Linux guest's DMA API makes of a busy device behind
-//! virtio-iommu, fragmented: maps of 1-4 pages at random places in a 256 MiB
-//! window (refused where they overlap, as both maps refuse them) and unmaps of
-//! 1-8 pages at random places (cutting extents, whose remainders go back in),
-//! against a map kept about half full (some 16,000 extents). Both process the
-//! same trace and must end with the same extents.
+//! Two fragmented traces of 65,536 requests in a 256 MiB window of IOVAs, against
+//! a map holding some 16,000 extents of 1 to 4 pages:
 //!
-//! After criterion, the bench times both again in alternating rounds and prints
-//! `ratio btreemap/iova_map` (median of the per-round ratios) and each one's
-//! operations per second.
+//! - `random`: maps of 1-4 pages at random places (refused where they overlap,
+//!   as both maps refuse them: half of them) and unmaps of 1-8 pages at random
+//!   places (cutting extents, whose remainders stay);
+//! - `guest`: what a guest's DMA API asks of a busy device behind virtio-iommu:
+//!   maps of 1-4 pages into free IOVAs, and unmaps of a live mapping, whole (4
+//!   in 5) or its first or last page.
+//!
+//! Both maps process the same trace and must end with the same extents. After
+//! criterion, the bench times both again in alternating rounds and prints
+//! `ratio btreemap/iova_map` per trace (median of the per-round ratios) and each
+//! one's operations per second.
 //!
 //! Pure user space: runs on the host (`cargo bench -p iommufd-viommu --bench shadow_map`).
 
@@ -67,6 +71,70 @@ fn trace(n: usize, seed: u64) -> Vec<Op> {
             }
         })
         .collect()
+}
+
+/// A guest's DMA-API trace: (requests filling the map, then `n` requests).
+fn guest_trace(n: usize, seed: u64) -> (Vec<Op>, Vec<Op>) {
+    let mut x = seed;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut used = vec![false; WINDOW as usize];
+    let mut live: Vec<Extent> = Vec::new();
+    let base = 0x1_0000_0000u64;
+    let map = |r: u64, used: &mut Vec<bool>, live: &mut Vec<Extent>| -> Option<Op> {
+        let pages = 1 + (r >> 40) % 4;
+        let mut p = (r >> 8) % (WINDOW - pages);
+        // The next free run from a random page, as an IOVA allocator finds one.
+        for _ in 0..WINDOW {
+            if (p..p + pages).all(|q| !used[q as usize]) {
+                (p..p + pages).for_each(|q| used[q as usize] = true);
+                let gpa = ((r >> 24) % (1 << 18)) * PAGE_SIZE;
+                let e = Extent::new(base + p * PAGE_SIZE, gpa, pages * PAGE_SIZE, MapFlags::RW)
+                    .expect("extent");
+                live.push(e);
+                return Some(Op::Map(e));
+            }
+            p = (p + 1) % (WINDOW - pages);
+        }
+        None
+    };
+    let mut warm = Vec::new();
+    while live.len() < 16_000 {
+        let r = next();
+        warm.extend(map(r, &mut used, &mut live));
+    }
+    let mut ops = Vec::with_capacity(n);
+    while ops.len() < n {
+        let r = next();
+        if r % 2 == 0 || live.is_empty() {
+            ops.extend(map(r, &mut used, &mut live));
+            continue;
+        }
+        let i = ((r >> 8) % live.len() as u64) as usize;
+        let e = live[i];
+        let (iova, len) = match (r >> 32) % 10 {
+            8 if e.len > PAGE_SIZE => {
+                live[i] = e.sub(e.iova + PAGE_SIZE, e.len - PAGE_SIZE);
+                (e.iova, PAGE_SIZE)
+            }
+            9 if e.len > PAGE_SIZE => {
+                live[i] = e.sub(e.iova, e.len - PAGE_SIZE);
+                (e.last() + 1 - PAGE_SIZE, PAGE_SIZE)
+            }
+            _ => {
+                live.swap_remove(i);
+                (e.iova, e.len)
+            }
+        };
+        let first = (iova - base) / PAGE_SIZE;
+        (first..first + len / PAGE_SIZE).for_each(|q| used[q as usize] = false);
+        ops.push(Op::Unmap(iova, len));
+    }
+    (warm, ops)
 }
 
 /// The baseline: extents by first IOVA.
@@ -137,100 +205,121 @@ fn run_baseline(m: &mut Baseline, ops: &[Op]) -> u64 {
         .sum()
 }
 
-/// Both maps after a warm-up trace that leaves them about half full.
-fn warm(ops: usize) -> (IovaMap<()>, Baseline) {
-    let fill = trace(ops, 0x9e37_79b9_7f4a_7c15);
-    let (mut a, mut b) = (IovaMap::new(), Baseline::default());
-    // Mostly maps, to fill up.
-    for op in fill.iter().filter(|o| matches!(o, Op::Map(_))) {
-        if let Op::Map(e) = *op {
-            engine_map(&mut a, e);
-            b.map(e);
-        }
+/// A trace, and what fills the maps before it.
+struct Scenario {
+    name: &'static str,
+    warm: Vec<Op>,
+    ops: Vec<Op>,
+}
+
+impl Scenario {
+    fn engine(&self) -> IovaMap<()> {
+        let mut m = IovaMap::new();
+        run_engine(&mut m, &self.warm);
+        m
     }
-    (a, b)
+
+    fn baseline(&self) -> Baseline {
+        let mut m = Baseline::default();
+        run_baseline(&mut m, &self.warm);
+        m
+    }
+}
+
+fn scenarios(n: usize) -> Vec<Scenario> {
+    // Random: fill with the maps of a random trace.
+    let warm = trace(n, 0x9e37_79b9_7f4a_7c15)
+        .into_iter()
+        .filter(|o| matches!(o, Op::Map(_)))
+        .collect();
+    let (guest_warm, guest_ops) = guest_trace(n, 0x2545_f491_4f6c_dd1d);
+    vec![
+        Scenario {
+            name: "random",
+            warm,
+            ops: trace(n, 0x2545_f491_4f6c_dd1d),
+        },
+        Scenario {
+            name: "guest",
+            warm: guest_warm,
+            ops: guest_ops,
+        },
+    ]
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let benchmarking = args.iter().any(|a| a == "--bench");
-    let (n, fill) = if benchmarking {
-        (OPS, 1 << 16)
-    } else {
-        (4096, 4096)
-    };
-    let (engine0, base0) = warm(fill);
-    let ops = trace(n, 0x2545_f491_4f6c_dd1d);
-    {
-        let (mut a, mut b) = (IovaMap::new(), Baseline::default());
-        for op in &ops {
-            if let Op::Map(e) = *op {
-                engine_map(&mut a, e);
-                b.map(e);
-            }
-        }
-        let (mut a2, mut b2) = (warm(fill).0, base0.clone());
+    let n = if benchmarking { OPS } else { 4096 };
+    let scenarios = scenarios(n);
+    for s in &scenarios {
+        let (mut a, mut b) = (s.engine(), s.baseline());
         assert_eq!(
-            run_engine(&mut a2, &ops),
-            run_baseline(&mut b2, &ops),
+            run_engine(&mut a, &s.ops),
+            run_baseline(&mut b, &s.ops),
             "same answers"
         );
         assert_eq!(
-            a2.extents(),
-            b2.0.values().copied().collect::<Vec<_>>(),
+            a.extents(),
+            b.0.values().copied().collect::<Vec<_>>(),
             "same extents"
         );
-        assert_eq!(a.len(), b.0.len());
     }
     if !benchmarking {
-        println!("note: shadow_map times its trace with --bench (cargo bench)");
+        println!("note: shadow_map times its traces with --bench (cargo bench)");
         return;
     }
-    println!("extents at the start: {}", engine0.len());
     let mut c = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    let mut g = c.benchmark_group("fragmented");
-    g.throughput(Throughput::Elements(n as u64));
-    g.bench_function("iova_map", |b| {
-        b.iter_batched_ref(
-            || warm(fill).0,
-            |m| run_engine(m, &ops),
-            criterion::BatchSize::LargeInput,
-        )
-    });
-    g.bench_function("btreemap", |b| {
-        b.iter_batched_ref(
-            || base0.clone(),
-            |m| run_baseline(m, &ops),
-            criterion::BatchSize::LargeInput,
-        )
-    });
-    g.finish();
-    let mut ratios = Vec::new();
-    let (mut ta, mut tb) = (0.0, 0.0);
-    for _ in 0..ROUNDS {
-        let mut a = warm(fill).0;
-        let t = Instant::now();
-        black_box(run_engine(&mut a, &ops));
-        let x = t.elapsed().as_secs_f64();
-        let mut b = base0.clone();
-        let t = Instant::now();
-        black_box(run_baseline(&mut b, &ops));
-        let y = t.elapsed().as_secs_f64();
-        ta += x;
-        tb += y;
-        ratios.push(y / x);
+    let mut lines = Vec::new();
+    for s in &scenarios {
+        let base = s.baseline();
+        let mut g = c.benchmark_group(s.name);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function("iova_map", |b| {
+            b.iter_batched_ref(
+                || s.engine(),
+                |m| run_engine(m, &s.ops),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+        g.bench_function("btreemap", |b| {
+            b.iter_batched_ref(
+                || base.clone(),
+                |m| run_baseline(m, &s.ops),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+        g.finish();
+        let mut ratios = Vec::new();
+        let (mut ta, mut tb) = (0.0, 0.0);
+        for _ in 0..ROUNDS {
+            let mut a = s.engine();
+            let t = Instant::now();
+            black_box(run_engine(&mut a, &s.ops));
+            let x = t.elapsed().as_secs_f64();
+            let mut b = base.clone();
+            let t = Instant::now();
+            black_box(run_baseline(&mut b, &s.ops));
+            let y = t.elapsed().as_secs_f64();
+            ta += x;
+            tb += y;
+            ratios.push(y / x);
+        }
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        lines.push(format!(
+            "ratio btreemap/iova_map, {}: {:.1}  (iova_map {:.1} M ops/s, btreemap {:.1} M ops/s; {} extents at the start)",
+            s.name,
+            ratios[ROUNDS / 2],
+            (n * ROUNDS) as f64 / ta / 1e6,
+            (n * ROUNDS) as f64 / tb / 1e6,
+            s.engine().len()
+        ));
     }
-    ratios.sort_by(|a, b| a.total_cmp(b));
     c.final_summary();
     println!();
-    println!(
-        "ratio btreemap/iova_map, fragmented: {:.1}  (iova_map {:.1} M ops/s, btreemap {:.1} M ops/s)",
-        ratios[ROUNDS / 2],
-        (n * ROUNDS) as f64 / ta / 1e6,
-        (n * ROUNDS) as f64 / tb / 1e6
-    );
+    lines.iter().for_each(|l| println!("{l}"));
 }
