@@ -13,8 +13,9 @@ use std::fs::File;
 use iommufd::{Error, Ioas, Iommufd};
 
 // The checks that the file is the iommufd, against the guest's real device nodes:
-// /dev/iommu passes whichever way it is opened; /dev/kvm, another misc device, and
-// /dev/null are refused before any command reaches them.
+// /dev/iommu passes whichever way it is opened; /dev/vfio/vfio and /dev/kvm (other
+// misc devices; the arm64 lab has no KVM) and /dev/null are refused before any
+// command reaches them.
 #[test]
 #[ignore = "guest lab: needs /dev/iommu (cargo xtask vmtest)"]
 fn only_the_iommufd_is_accepted() {
@@ -26,7 +27,12 @@ fn only_the_iommufd_is_accepted() {
         .try_clone_to_owned()
         .expect("dup");
     Iommufd::from_owned_fd(dup).expect("a dup of an iommufd");
-    for path in ["/dev/kvm", "/dev/null", "/proc/self/status"] {
+    for path in [
+        "/dev/vfio/vfio",
+        "/dev/kvm",
+        "/dev/null",
+        "/proc/self/status",
+    ] {
         let Ok(f) = File::open(path) else {
             continue;
         };
@@ -39,8 +45,8 @@ fn only_the_iommufd_is_accepted() {
         );
     }
     assert!(
-        std::path::Path::new("/dev/kvm").exists(),
-        "the lab guest has /dev/kvm, a misc device that is not the iommufd"
+        std::path::Path::new("/dev/vfio/vfio").exists(),
+        "the lab guest has /dev/vfio/vfio, a misc device that is not the iommufd"
     );
 }
 

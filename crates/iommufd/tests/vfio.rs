@@ -21,7 +21,11 @@ mod vfio {
     use iommufd_lab::vfio::VfioDevice;
 
     /// The VT-d interrupt remapping window, reserved in every IOAS a VT-d device uses.
+    #[cfg(not(target_arch = "aarch64"))]
     const MSI_WINDOW: Iova = Iova(0xfee0_0000);
+    /// arm64: the software MSI window Linux reserves (`MSI_IOVA_BASE`).
+    #[cfg(target_arch = "aarch64")]
+    const MSI_WINDOW: Iova = Iova(0x800_0000);
 
     /// The label the test binds the edu device under (a guest BDF, say).
     const LABEL: u64 = 0x28;
@@ -71,7 +75,7 @@ mod vfio {
     }
 
     #[test]
-    #[ignore = "guest lab: needs /dev/iommu, VT-d and an edu device (cargo xtask vmtest)"]
+    #[ignore = "guest lab: needs /dev/iommu, an IOMMU and an edu device (cargo xtask vmtest)"]
     fn edu_dma_through_an_owned_mapping() {
         let fd = open();
         let ioas = Ioas::alloc(&fd).expect("IOAS_ALLOC");
@@ -90,10 +94,15 @@ mod vfio {
             } => {
                 assert_ne!(cap_reg, 0);
                 assert_ne!(ecap_reg, 0);
+                assert_eq!(info.data_type, 1);
             }
-            other => panic!("expected VT-d information, got {other:?}"),
+            // The arm64 lab.
+            HwInfoData::ArmSmmuV3 { idr, .. } => {
+                assert_ne!(idr[0], 0);
+                assert_eq!(info.data_type, 2);
+            }
+            other => panic!("expected VT-d or SMMUv3 information, got {other:?}"),
         }
-        assert_eq!(info.data_type, 1);
 
         // Dirty tracking: allocatable exactly when the IOMMU says so.
         let dirty = Hwpt::alloc(&ioas, &dev, HwptFlags::DIRTY_TRACKING);
