@@ -1,8 +1,8 @@
 #!/bin/busybox sh
 # /init of the guest lab. Written into the initramfs by `cargo xtask vmtest`.
 #
-# The kernel console is ttyS0 (a log file on the host); everything the tests print
-# goes to ttyS1, which the host reads live. /lab/plan (written by the host for this
+# The kernel console is ttyS0 (ttyAMA0 on arm64; a log file on the host);
+# everything the tests print goes to ttyS1 (ttyAMA1), which the host reads live. /lab/plan (written by the host for this
 # boot) lists the programs to run, one per line:
 #     NAME<TAB>COMMAND...
 # The host trusts a run only if the guest ends with "@@lab status ok".
@@ -16,6 +16,8 @@ mount -t tmpfs tmp /tmp
 mkdir -p /dev/hugepages && mount -t hugetlbfs none /dev/hugepages
 
 out=/dev/ttyS1
+# arm64 (virt): the second PL011.
+[ -e /dev/ttyAMA1 ] && out=/dev/ttyAMA1
 exec >"$out" 2>&1
 
 shell=0

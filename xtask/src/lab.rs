@@ -23,12 +23,16 @@ const NOIOMMU_MARK: &str = "noiommu::";
 /// emulated SVM); they run in a boot of their own, so that a guest kernel they
 /// upset takes no other test with it.
 const KVM_MARK: &str = "kvm::";
+/// Test names under a module called `vtd` test VT-d itself: x86 boots only.
+const VTD_MARK: &str = "vtd::";
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Command-line options of `vmtest` and `test`.
 #[derive(Debug, Default)]
 pub struct Options {
     kernel: Option<String>,
+    /// `--arch arm64`: the arm64 lab (emulated SMMUv3) instead of x86.
+    arm64: bool,
     kernel_selftests: bool,
     shell: bool,
     timeout: Option<u64>,
@@ -45,6 +49,11 @@ impl Options {
             match a.as_str() {
                 "--kernel" => o.kernel = Some(it.next().ok_or("--kernel needs a value")?.clone()),
                 "--kernel-selftests" => o.kernel_selftests = true,
+                "--arch" => match it.next().map(String::as_str) {
+                    Some("arm64") => o.arm64 = true,
+                    Some("x86_64") => o.arm64 = false,
+                    other => return Err(format!("--arch wants arm64 or x86_64, not {other:?}")),
+                },
                 "--shell" => o.shell = true,
                 "--verbose" => o.verbose = true,
                 "--timeout" => {
@@ -155,11 +164,56 @@ fn is_static(path: &str) -> bool {
         .unwrap_or(true)
 }
 
-/// A kernel to boot: where its artifacts are, and which series it belongs to.
+/// A kernel to boot: where its artifacts are, which series it belongs to, and the
+/// machine it boots on.
 #[derive(Debug, Clone)]
 struct Kernel {
     series: String,
     dir: PathBuf,
+    machine: Machine,
+}
+
+/// The emulated machine: x86 (q35, VT-d, the system's QEMU) or arm64 (virt with
+/// its SMMUv3, QEMU 10 unpacked into the lab cache by `arm64.sh`).
+#[derive(Debug, Clone)]
+enum Machine {
+    X86,
+    Arm64 { qemu: PathBuf, busybox: PathBuf },
+}
+
+/// The Rust target of the arm64 guest.
+const ARM64_TARGET: &str = "aarch64-unknown-linux-gnu";
+
+/// Provisions the arm64 lab (`arm64.sh`): its kernel, QEMU and busybox.
+fn provision_arm64() -> Result<Kernel, String> {
+    eprintln!("xtask: provisioning the arm64 lab (cached after the first build)");
+    run_checked(
+        Command::new("rustup").args(["target", "add", ARM64_TARGET]),
+        "rustup target add",
+    )?;
+    let out = Command::new(lab_dir().join("arm64.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("arm64.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("arm64.sh failed ({})", out.status));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let get = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| PathBuf::from(v.trim()))
+            .ok_or(format!("arm64.sh did not say where its {key} is"))
+    };
+    Ok(Kernel {
+        series: "7-arm64".into(),
+        dir: get("kernel")?,
+        machine: Machine::Arm64 {
+            qemu: get("qemu")?,
+            busybox: get("busybox")?,
+        },
+    })
 }
 
 fn provision_kernel(series: &str) -> Result<Kernel, String> {
@@ -171,6 +225,7 @@ fn provision_kernel(series: &str) -> Result<Kernel, String> {
         return Ok(Kernel {
             series: "custom".into(),
             dir,
+            machine: Machine::X86,
         });
     }
     eprintln!("xtask: provisioning the {series} kernel (cached after the first build)");
@@ -191,6 +246,7 @@ fn provision_kernel(series: &str) -> Result<Kernel, String> {
     Ok(Kernel {
         series: series.into(),
         dir: PathBuf::from(dir),
+        machine: Machine::X86,
     })
 }
 
@@ -202,13 +258,20 @@ struct TestBin {
     tests: Vec<String>,
 }
 
-/// Builds every test target of the workspace statically for the guest and lists the
-/// lab tests (the `#[ignore]`d ones) each holds.
-fn build_guest_tests(filters: &[String]) -> Result<Vec<TestBin>, String> {
-    eprintln!("xtask: building static test binaries for the guest");
+/// A built test executable: its lab name ("crate" for unit tests, "crate-target"
+/// otherwise; two can share one), what identifies it across targets, and its path.
+struct TestExe {
+    name: String,
+    key: String,
+    path: PathBuf,
+}
+
+/// Builds every test target of the workspace statically for `target`.
+fn build_test_executables(target: &str) -> Result<Vec<TestExe>, String> {
+    eprintln!("xtask: building static test binaries for the guest ({target})");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(repo_root())
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo_root())
         .args([
             "test",
             "--workspace",
@@ -216,15 +279,22 @@ fn build_guest_tests(filters: &[String]) -> Result<Vec<TestBin>, String> {
             "--no-run",
             "--message-format=json-render-diagnostics",
         ])
-        .args(["--target", TARGET, "--exclude", "xtask"])
+        .args(["--target", target, "--exclude", "xtask"])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    if target == ARM64_TARGET {
+        cmd.env(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+            "aarch64-linux-gnu-gcc",
+        );
+    }
+    let out = cmd
         .output()
         .map_err(|e| format!("cargo test --no-run: {e}"))?;
     if !out.status.success() {
         return Err("building the guest test binaries failed".into());
     }
-    let mut bins = Vec::new();
+    let mut exes = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -251,23 +321,61 @@ fn build_guest_tests(filters: &[String]) -> Result<Vec<TestBin>, String> {
         } else {
             format!("{pkg}-{target}")
         };
-        let mut list = Command::new(exe);
+        exes.push(TestExe {
+            name,
+            key: format!("{pkg}/{kind}/{target}"),
+            path: PathBuf::from(exe),
+        });
+    }
+    Ok(exes)
+}
+
+/// Builds the workspace's tests statically for the guest and lists the lab tests
+/// (the `#[ignore]`d ones) each holds. The list comes from the host's build (an
+/// arm64 executable cannot run here to list itself; the tests are the same).
+fn build_guest_tests(filters: &[String], arm64: bool) -> Result<Vec<TestBin>, String> {
+    let mut bins = Vec::new();
+    for TestExe {
+        name,
+        key,
+        path: exe,
+    } in build_test_executables(TARGET)?
+    {
+        let mut list = Command::new(&exe);
         list.args(["--list", "--ignored", "--format", "terse"])
             .args(filters);
-        let listed = list.output().map_err(|e| format!("{exe} --list: {e}"))?;
+        let listed = list
+            .output()
+            .map_err(|e| format!("{} --list: {e}", exe.display()))?;
         let tests: Vec<String> = String::from_utf8_lossy(&listed.stdout)
             .lines()
             .filter_map(|l| l.strip_suffix(": test"))
             .map(str::to_string)
             .collect();
         if !tests.is_empty() {
-            bins.push(TestBin {
-                path: exe.into(),
-                name,
-                tests,
-            });
+            bins.push((
+                key,
+                TestBin {
+                    path: exe,
+                    name,
+                    tests,
+                },
+            ));
         }
     }
+    if arm64 {
+        let cross: BTreeMap<String, PathBuf> = build_test_executables(ARM64_TARGET)?
+            .into_iter()
+            .map(|e| (e.key, e.path))
+            .collect();
+        for (key, b) in &mut bins {
+            b.path = cross
+                .get(key.as_str())
+                .ok_or(format!("no {ARM64_TARGET} build of {}", b.name))?
+                .clone();
+        }
+    }
+    let bins = bins.into_iter().map(|(_, b)| b).collect();
     Ok(bins)
 }
 
@@ -322,6 +430,36 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
                 label: format!("{}-selftests", k.series),
                 kernel: k.clone(),
                 vtd: true,
+                noiommu: false,
+                programs,
+            });
+            continue;
+        }
+        if let Machine::Arm64 { .. } = k.machine {
+            // One boot: the emulated SMMUv3 and the mock IOMMU side by side. No KVM
+            // tests (the arm64 guest has no KVM), no no-IOMMU boot, no VT-d tests.
+            let programs = bins
+                .iter()
+                .flat_map(|b| {
+                    b.tests
+                        .iter()
+                        .filter(|t| {
+                            !t.starts_with(KVM_MARK)
+                                && !t.contains(NOIOMMU_MARK)
+                                && !t.starts_with(VTD_MARK)
+                        })
+                        .map(move |t| Program {
+                            name: format!("{}::{t}", b.name),
+                            exe: b.path.clone(),
+                            args: format!("--ignored --test-threads=1 --exact {t}"),
+                            test: Some(t.clone()),
+                        })
+                })
+                .collect();
+            boots.push(Boot {
+                label: k.series.clone(),
+                kernel: k.clone(),
+                vtd: false,
                 noiommu: false,
                 programs,
             });
@@ -410,7 +548,11 @@ fn make_initramfs(boot: &Boot, dir: &Path, test_timeout: u64) -> Result<PathBuf,
             .map(|_| ())
             .map_err(|e| format!("copy {}: {e}", from.display()))
     };
-    copy(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
+    let (busybox, objcopy) = match &boot.kernel.machine {
+        Machine::X86 => (Path::new("/bin/busybox"), "objcopy"),
+        Machine::Arm64 { busybox, .. } => (busybox.as_path(), "aarch64-linux-gnu-objcopy"),
+    };
+    copy(busybox, &root.join("bin/busybox"))?;
     copy(&lab_dir().join("init.sh"), &root.join("init"))?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("chmod init: {e}"))?;
@@ -425,7 +567,7 @@ fn make_initramfs(boot: &Boot, dir: &Path, test_timeout: u64) -> Result<PathBuf,
         if !dest.exists() {
             // Debug info is of no use in the guest and makes the initramfs several
             // times larger.
-            let st = Command::new("objcopy")
+            let st = Command::new(objcopy)
                 .arg("--strip-debug")
                 .arg(&p.exe)
                 .arg(&dest)
@@ -453,6 +595,9 @@ fn make_initramfs(boot: &Boot, dir: &Path, test_timeout: u64) -> Result<PathBuf,
 }
 
 fn qemu_command(boot: &Boot, initramfs: &Path, console: &Path, shell: bool) -> Command {
+    if let Machine::Arm64 { qemu, .. } = &boot.kernel.machine {
+        return qemu_arm64(boot, qemu, initramfs, console, shell);
+    }
     let mut c = Command::new("qemu-system-x86_64");
     c.args([
         "-machine",
@@ -492,6 +637,71 @@ fn qemu_command(boot: &Boot, initramfs: &Path, console: &Path, shell: bool) -> C
         append.push_str(" intel_iommu=off vfio.enable_unsafe_noiommu_mode=1");
         c.args(["-device", "edu,addr=0x4"]);
     }
+    if shell {
+        append.push_str(" lab.shell=1");
+        c.args(["-serial", "mon:stdio"]);
+        c.arg("-serial").arg(format!(
+            "file:{}",
+            console.with_extension("tests").display()
+        ));
+    } else {
+        c.args(["-monitor", "none"]);
+        c.arg("-serial").arg(format!("file:{}", console.display()));
+        c.args(["-serial", "stdio"]);
+    }
+    c.arg("-append").arg(append);
+    c
+}
+
+/// The arm64 guest: QEMU's virt machine with its SMMUv3 (stage 1 and stage 2,
+/// nested) in front of the PCIe root complex, and edu devices behind root ports:
+/// two alone in their IOMMU groups, one sharing its group with a virtio-rng, as on
+/// x86. There the sharing comes from a PCIe-to-PCI bridge; Linux's SMMUv3 driver
+/// refuses devices whose stream IDs alias behind one, so here the two are
+/// functions of one multifunction slot (no ACS between them: one group).
+fn qemu_arm64(boot: &Boot, qemu: &Path, initramfs: &Path, console: &Path, shell: bool) -> Command {
+    let usr = qemu.join("usr");
+    let mut c = Command::new(usr.join("bin/qemu-system-aarch64"));
+    // Its own modules and firmware: not the system QEMU's (another build).
+    c.env("QEMU_MODULE_DIR", usr.join("lib/x86_64-linux-gnu/qemu"));
+    c.arg("-L").arg(usr.join("share/qemu"));
+    c.args([
+        "-machine",
+        "virt,iommu=smmuv3,gic-version=3",
+        // Single-threaded TCG, as on x86 (see `qemu_command`).
+        "-accel",
+        "tcg,thread=single",
+        "-cpu",
+        "max",
+        "-audio",
+        "none",
+        // No default virtio-net.
+        "-nic",
+        "none",
+    ]);
+    c.args(["-m", "2G", "-smp", "2", "-display", "none", "-no-reboot"]);
+    c.arg("-kernel").arg(boot.kernel.dir.join("Image"));
+    c.arg("-initrd").arg(initramfs);
+    // The kernel patch of patches/arm64: a vIOMMU on an SMMU without S2FWB.
+    let mut append = String::from(
+        "console=ttyAMA0 panic=-1 loglevel=6 rdinit=/init arm_smmu_v3.lab_nesting_without_fwb=1",
+    );
+    for (i, port) in ["rp1", "rp2"].iter().enumerate() {
+        c.arg("-device").arg(format!(
+            "pcie-root-port,id={port},chassis={},slot={}",
+            i + 1,
+            i + 1
+        ));
+        c.arg("-device").arg(format!("edu,bus={port}"));
+    }
+    c.args([
+        "-device",
+        "pcie-root-port,id=rp3,chassis=3,slot=3",
+        "-device",
+        "edu,bus=rp3,addr=0.0,multifunction=on",
+        "-device",
+        "virtio-rng-pci,bus=rp3,addr=0.1",
+    ]);
     if shell {
         append.push_str(" lab.shell=1");
         c.args(["-serial", "mon:stdio"]);
@@ -671,7 +881,9 @@ fn run_boot(boot: &Boot, opts: &Options) -> Result<BootResult, String> {
         fs::read_to_string(boot.kernel.dir.join("version"))
             .unwrap_or_default()
             .trim(),
-        if boot.vtd {
+        if matches!(boot.kernel.machine, Machine::Arm64 { .. }) {
+            "arm64, emulated SMMUv3 + edu devices"
+        } else if boot.vtd {
             "emulated VT-d + edu devices"
         } else if boot.noiommu {
             "no IOMMU: VFIO no-IOMMU mode, one edu device"
@@ -791,6 +1003,9 @@ fn kernels_for(opts: &Options, default: &[&str]) -> Result<Vec<Kernel>, String> 
         None | Some("all") => default.iter().map(|s| s.to_string()).collect(),
         Some(k) => vec![k.to_string()],
     };
+    if opts.arm64 {
+        return Ok(vec![provision_arm64()?]);
+    }
     wanted.iter().map(|k| provision_kernel(k)).collect()
 }
 
@@ -881,13 +1096,15 @@ fn vmtest_into(
         }
         return run_boots(&plan_boots(&kernels, &[], true), opts, total, failures);
     }
-    let bins = build_guest_tests(&opts.filters)?;
+    // The kernels first: provisioning the arm64 lab also installs the cross tools
+    // its tests are built with.
+    let kernels = kernels_for(opts, &["7", "6.12"])?;
+    let bins = build_guest_tests(&opts.filters, opts.arm64)?;
     let mut by_name = BTreeMap::new();
     for b in &bins {
         by_name.insert(b.name.clone(), b.tests.len());
     }
     eprintln!("xtask: lab tests selected: {by_name:?}");
-    let kernels = kernels_for(opts, &["7", "6.12"])?;
     run_boots(&plan_boots(&kernels, &bins, false), opts, total, failures)
 }
 
@@ -1055,6 +1272,8 @@ pub fn test_all(opts: &Options) -> Result<bool, String> {
         ..Options::default()
     };
     vmtest_into(&lab, &mut total, &mut failures)?;
+    let arm64 = Options { arm64: true, ..lab };
+    vmtest_into(&arm64, &mut total, &mut failures)?;
     let selftests = Options {
         kernel_selftests: true,
         timeout: opts.timeout,

@@ -27,11 +27,14 @@ fn usage() -> &'static str {
       in the lab guest, then the typed/raw ratios; FILTER goes to criterion (default
       kernel: 7)
   cargo xtask test [--timeout SECS] [--test-timeout SECS]
-      host tests (cargo test --workspace), then vmtest on both kernels, then the
-      kernel's own iommufd selftests; one closing result line
+      host tests (cargo test --workspace), then vmtest on both x86 kernels and on
+      arm64, then the kernel's own iommufd selftests; one closing result line
   cargo xtask vmtest [OPTIONS] [FILTER...]
       run the crates' guest tests (the #[ignore]d ones marked for the lab) in QEMU
       --kernel K           7 (newest linux-source-7.*), 6.12, all (default), or a bzImage path
+      --arch arm64         the arm64 lab instead: Linux 7.x cross-built, QEMU 10's virt
+                           machine with its emulated SMMUv3 and edu devices (VT-d and
+                           KVM tests are not planned there)
       --kernel-selftests   run the kernel's own iommufd selftests (7.x) instead
       --shell              keep a shell open on the guest console after the tests
       --timeout SECS       hard limit per boot (default 1800)
