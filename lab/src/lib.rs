@@ -21,6 +21,7 @@ pub mod iommufd;
 pub mod logs;
 pub mod mem;
 pub mod pci;
+pub mod smmu;
 pub mod vfio;
 
 use std::io;

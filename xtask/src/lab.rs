@@ -25,6 +25,8 @@ const NOIOMMU_MARK: &str = "noiommu::";
 const KVM_MARK: &str = "kvm::";
 /// Test names under a module called `vtd` test VT-d itself: x86 boots only.
 const VTD_MARK: &str = "vtd::";
+/// Test names under a module called `smmuv3` test the emulated SMMUv3: arm64 only.
+const SMMUV3_MARK: &str = "smmuv3::";
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Command-line options of `vmtest` and `test`.
@@ -472,7 +474,11 @@ fn plan_boots(kernels: &[Kernel], bins: &[TestBin], selftests: bool) -> Vec<Boot
         let mut noiommu = Vec::new();
         let mut kvm = Vec::new();
         for b in bins {
-            let (k, rest): (Vec<_>, Vec<_>) = b.tests.iter().partition(|t| t.starts_with(KVM_MARK));
+            let (k, rest): (Vec<_>, Vec<_>) = b
+                .tests
+                .iter()
+                .filter(|t| !t.starts_with(SMMUV3_MARK))
+                .partition(|t| t.starts_with(KVM_MARK));
             let (n, rest): (Vec<_>, Vec<_>) = rest
                 .into_iter()
                 .partition(|t| split_noiommu && t.contains(NOIOMMU_MARK));
