@@ -41,17 +41,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 fi
 
-mirror() {
-    local uri
-    uri=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' \
-        /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
-        uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /:\/\// && $i !~ /security/) { print $i; exit } }' \
-            /etc/apt/sources.list)
-    fi
-    [ -n "$uri" ] || die "cannot find the Debian mirror in /etc/apt sources"
-    echo "$uri"
-}
+# system_mirror: the machine's Debian mirror.
+. "$here/mirror.sh"
 
 # Downloads packages from SUITE for ARCH with a private apt state and unpacks them
 # into DIR (once): fetch DIR SUITE ARCH PACKAGE...
@@ -61,7 +52,7 @@ fetch() {
     [ -e "$dir/.done" ] && return 0
     local state=$cache/apt-$suite-$arch
     mkdir -p "$state/lists/partial" "$state/cache/archives/partial"
-    echo "deb [arch=$arch signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror) $suite main" \
+    echo "deb [arch=$arch signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(system_mirror) $suite main" \
         > "$state/sources.list"
     local opts=(-o "Dir::Etc::SourceList=$state/sources.list" -o Dir::Etc::SourceParts=/dev/null
         -o "Dir::State::Lists=$state/lists" -o "Dir::Cache=$state/cache"

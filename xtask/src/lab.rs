@@ -643,6 +643,13 @@ fn qemu_command(boot: &Boot, initramfs: &Path, console: &Path, shell: bool) -> C
         append.push_str(" intel_iommu=off vfio.enable_unsafe_noiommu_mode=1");
         c.args(["-device", "edu,addr=0x4"]);
     }
+    serial_and_append(&mut c, console, shell, append);
+    c
+}
+
+/// The two serial ports (the kernel console to a file, the tests' output to us, or
+/// with `shell` a console to the terminal), and the kernel command line.
+fn serial_and_append(c: &mut Command, console: &Path, shell: bool, mut append: String) {
     if shell {
         append.push_str(" lab.shell=1");
         c.args(["-serial", "mon:stdio"]);
@@ -656,7 +663,6 @@ fn qemu_command(boot: &Boot, initramfs: &Path, console: &Path, shell: bool) -> C
         c.args(["-serial", "stdio"]);
     }
     c.arg("-append").arg(append);
-    c
 }
 
 /// The arm64 guest: QEMU's virt machine with its SMMUv3 (stage 1 and stage 2,
@@ -689,7 +695,7 @@ fn qemu_arm64(boot: &Boot, qemu: &Path, initramfs: &Path, console: &Path, shell:
     c.arg("-kernel").arg(boot.kernel.dir.join("Image"));
     c.arg("-initrd").arg(initramfs);
     // The kernel patch of patches/arm64: a vIOMMU on an SMMU without S2FWB.
-    let mut append = String::from(
+    let append = String::from(
         "console=ttyAMA0 panic=-1 loglevel=6 rdinit=/init arm_smmu_v3.lab_nesting_without_fwb=1",
     );
     for (i, port) in ["rp1", "rp2"].iter().enumerate() {
@@ -708,19 +714,7 @@ fn qemu_arm64(boot: &Boot, qemu: &Path, initramfs: &Path, console: &Path, shell:
         "-device",
         "virtio-rng-pci,bus=rp3,addr=0.1",
     ]);
-    if shell {
-        append.push_str(" lab.shell=1");
-        c.args(["-serial", "mon:stdio"]);
-        c.arg("-serial").arg(format!(
-            "file:{}",
-            console.with_extension("tests").display()
-        ));
-    } else {
-        c.args(["-monitor", "none"]);
-        c.arg("-serial").arg(format!("file:{}", console.display()));
-        c.args(["-serial", "stdio"]);
-    }
-    c.arg("-append").arg(append);
+    serial_and_append(&mut c, console, shell, append);
     c
 }
 
