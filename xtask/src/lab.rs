@@ -35,6 +35,8 @@ pub struct Options {
     kernel: Option<String>,
     /// `--arch arm64`: the arm64 lab (emulated SMMUv3) instead of x86.
     arm64: bool,
+    /// `demo --nested`: the demo attaches through nested translation.
+    nested: bool,
     kernel_selftests: bool,
     shell: bool,
     timeout: Option<u64>,
@@ -51,6 +53,7 @@ impl Options {
             match a.as_str() {
                 "--kernel" => o.kernel = Some(it.next().ok_or("--kernel needs a value")?.clone()),
                 "--kernel-selftests" => o.kernel_selftests = true,
+                "--nested" => o.nested = true,
                 "--arch" => match it.next().map(String::as_str) {
                     Some("arm64") => o.arm64 = true,
                     Some("x86_64") => o.arm64 = false,
@@ -1119,17 +1122,26 @@ pub fn vmtest(opts: &Options) -> Result<bool, String> {
 /// Builds one static executable with `cargo <args>` (a `--message-format=json`
 /// build of target `name`) and returns its path.
 fn build_static(args: &[&str], name: &str) -> Result<PathBuf, String> {
-    eprintln!("xtask: building {name} for the guest");
+    build_static_for(args, name, TARGET)
+}
+
+/// [`build_static`] for `target`.
+fn build_static_for(args: &[&str], name: &str, target: &str) -> Result<PathBuf, String> {
+    eprintln!("xtask: building {name} for the guest ({target})");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(repo_root())
         .args(args)
         .args([
             "--target",
-            TARGET,
+            target,
             "--message-format=json-render-diagnostics",
         ])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+            "aarch64-linux-gnu-gcc",
+        )
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("cargo {}: {e}", args.join(" ")))?;
@@ -1182,7 +1194,14 @@ fn run_program(
 /// lab guest (emulated VT-d, edu devices bound to vfio-pci). Filters are the
 /// example's arguments.
 pub fn demo(opts: &Options) -> Result<bool, String> {
-    let exe = build_static(
+    let target = if opts.arm64 {
+        // The cross tools come with the arm64 lab.
+        provision_arm64()?;
+        ARM64_TARGET
+    } else {
+        TARGET
+    };
+    let exe = build_static_for(
         &[
             "build",
             "--release",
@@ -1192,8 +1211,13 @@ pub fn demo(opts: &Options) -> Result<bool, String> {
             "passthrough",
         ],
         "passthrough",
+        target,
     )?;
-    run_program(opts, "demo", "passthrough", &exe, opts.filters.join(" "))
+    let mut args = opts.filters.clone();
+    if opts.nested {
+        args.push("--nested".into());
+    }
+    run_program(opts, "demo", "passthrough", &exe, args.join(" "))
 }
 
 /// `cargo xtask bench`: the criterion benchmarks that need the kernel, in the lab

@@ -6,8 +6,9 @@
 //! - `cargo xtask demo`: the end-to-end passthrough demo in the lab guest.
 //! - `cargo xtask bench`: the iommufd map/unmap benchmark (typed API against raw
 //!   ioctls) in the lab guest.
-//! - `cargo xtask test`: everything: host tests, then the guest lab on both kernels,
-//!   then the kernel's own iommufd selftests; closes with one cargo-style result line.
+//! - `cargo xtask test`: everything: host tests, then the guest lab on both x86
+//!   kernels and on arm64, then the kernel's own iommufd selftests; closes with one
+//!   cargo-style result line.
 //!
 //! Run `cargo xtask help` for the options.
 
@@ -17,10 +18,11 @@ use std::process::ExitCode;
 
 fn usage() -> &'static str {
     "usage:
-  cargo xtask demo [--kernel K] [--verbose] [ARGS...]
+  cargo xtask demo [--kernel K] [--arch arm64 [--nested]] [--verbose] [ARGS...]
       the end-to-end passthrough demo (iommufd-vfio's `passthrough` example) in the
       lab guest: guest RAM mapped at IOVA = GPA, an edu device bound, DMA verified;
-      ARGS go to the example (default kernel: 7)
+      with --arch arm64 --nested, through a guest stage 1 over the IOAS (emulated
+      SMMUv3); ARGS go to the example (default kernel: 7)
   cargo xtask bench [--kernel K] [--verbose] [FILTER...]
       the iommufd crate's map_unmap criterion benchmark (IOAS map + unmap through the
       typed API against raw ioctls, 4 KiB to 64 MiB, with and without a VT-d domain)

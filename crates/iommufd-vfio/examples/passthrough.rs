@@ -9,16 +9,23 @@
 //!    byte for byte. After the guest RAM is unmapped, a DMA must not reach it.
 //! 4. Teardown, checking that no kernel object is left.
 //!
+//! With `--nested` (the arm64 lab's emulated SMMUv3), the device is attached through
+//! nested translation instead: the IOAS is stage 2, and a guest's stage 1 (a context
+//! descriptor and page tables in guest RAM, as a guest SMMUv3 driver would write
+//! them) maps device addresses (GIOVAs) to GPAs, through a nest-parent HWPT, a
+//! vIOMMU, a vDEVICE and a nested HWPT; the DMA goes to GIOVAs.
+//!
 //! Everything lives in one `Passthrough` value, the way a VMM's device manager keeps
 //! it, and nothing depends on the order things are declared or dropped in: the
 //! device holds the IOAS it is attached to, the guest memory mapping holds the IOAS
 //! and the guest regions, so an early `?` anywhere tears down cleanly.
 //!
 //! ```text
-//! passthrough [--pci DDDD:BB:DD.F] [--label N]
+//! passthrough [--pci DDDD:BB:DD.F] [--label N] [--nested]
 //! ```
 //!
-//! `cargo xtask demo` runs it in the guest lab (emulated VT-d, edu devices). On a host
+//! `cargo xtask demo` runs it in the guest lab (emulated VT-d, edu devices);
+//! `cargo xtask demo --arch arm64 --nested` in the arm64 lab, nested. On a host
 //! with `/dev/iommu`, bind the device to vfio-pci and pass its address; DMA is checked
 //! only for `edu` devices.
 
@@ -27,11 +34,15 @@ use std::fs::File;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
-use iommufd::{Command, GuestMemoryMapping, HwInfoData, HwptId, Ioas, Iommufd, MapFlags};
+use iommufd::{
+    Command, GuestMemoryMapping, HwInfoData, Hwpt, HwptFlags, HwptId, Ioas, Iommufd, MapFlags,
+    NestedHwpt, SmmuV3Ste, Stage1, Vdevice, Viommu, ViommuType,
+};
 use iommufd_lab::edu::{EDU_MAX_TRANSFER, Edu};
+use iommufd_lab::smmu;
 use iommufd_lab::vfio::VfioDevice as EduPort;
 use iommufd_vfio::{BoundDevice, PciAddress, Sysfs, VfioDevice};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Guest RAM layout: two regions with a hole, below edu's 28-bit DMA limit.
 const REGIONS: [(u64, usize); 2] = [(0, 16 << 20), (32 << 20, 16 << 20)];
@@ -82,6 +93,70 @@ struct Passthrough {
     ram: Option<GuestMemoryMapping>,
     dev: BoundDevice,
     hwpt: HwptId,
+    nested: Option<Nested>,
+}
+
+/// With `--nested`: the guest's vIOMMU state (each object holds what it needs).
+struct Nested {
+    vdevice: Vdevice,
+    hwpt: NestedHwpt,
+    /// GIOVA -> GPA, as the guest's stage 1 maps them.
+    giova: Vec<(u64, u64)>,
+}
+
+impl Nested {
+    /// The device address of `gpa` (which stage 1 must map).
+    fn iova_of(&self, gpa: u64) -> u64 {
+        self.giova
+            .iter()
+            .find(|(_, g)| *g == gpa & !0xfff)
+            .map_or(gpa, |(v, _)| v | (gpa & 0xfff))
+    }
+}
+
+/// Stage 1 of the `--nested` mode: its tables at the start of the second region,
+/// pages of both regions at GIOVAs 4 MiB apart from their GPAs.
+const S1_ASID: u16 = 1;
+const S1_VSID: u64 = 0x8;
+const S1_OFFSET: u64 = 0x40_0000;
+
+/// Attaches `dev` through nested translation over `ioas` (see the module docs).
+fn attach_nested(ioas: &Ioas, dev: &BoundDevice, guest: &GuestMemoryMmap) -> Res<Nested> {
+    let parent = Hwpt::alloc(ioas, dev, HwptFlags::NEST_PARENT)?;
+    let viommu = Viommu::alloc(&parent, dev, ViommuType::ArmSmmuV3)?;
+    let vdevice = Vdevice::alloc(&viommu, dev, S1_VSID)?;
+    let tables = guest
+        .find_region(GuestAddress(REGIONS[1].0))
+        .ok_or("the second region")?
+        .get_mmap();
+    let mut s1 = smmu::Stage1::new(tables, REGIONS[1].0, S1_ASID);
+    let mut giova = Vec::new();
+    for gpa in [
+        0x1000,
+        0x3000,
+        0x9000,
+        REGIONS[1].0 + 0x10_2000,
+        REGIONS[1].0 + 0x10_8000,
+    ] {
+        s1.map(gpa + S1_OFFSET, gpa, true);
+        giova.push((gpa + S1_OFFSET, gpa));
+    }
+    let ste = SmmuV3Ste::stage1(s1.cd_gpa(), 0, 0)?;
+    let hwpt = NestedHwpt::alloc(&viommu, dev, Stage1::from(ste), HwptFlags::empty(), None)?;
+    println!(
+        "  nested       stage 1: CD at GPA {:#x}, ASID {S1_ASID}, {} pages mapped; {} on {} on {} (nest parent), {} (vSID {S1_VSID:#x})",
+        s1.cd_gpa(),
+        giova.len(),
+        hwpt.id(),
+        viommu.id(),
+        parent.id(),
+        vdevice.id()
+    );
+    Ok(Nested {
+        vdevice,
+        hwpt,
+        giova,
+    })
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -92,7 +167,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 fn run() -> Res<()> {
     let mut args = std::env::args().skip(1);
-    let (mut pci, mut label) = (None, 0x0000_0001_0000_0004_u64);
+    let (mut pci, mut label, mut nested) = (None, 0x0000_0001_0000_0004_u64, false);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--pci" => {
@@ -103,6 +178,7 @@ fn run() -> Res<()> {
                 )
             }
             "--label" => label = args.next().ok_or("--label needs a value")?.parse()?,
+            "--nested" => nested = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -167,6 +243,7 @@ fn run() -> Res<()> {
         HwInfoData::IntelVtd {
             cap_reg, ecap_reg, ..
         } => format!("Intel VT-d, cap {cap_reg:#x} ecap {ecap_reg:#x}"),
+        HwInfoData::ArmSmmuV3 { idr, .. } => format!("Arm SMMUv3, IDR0 {:#x}", idr[0]),
         other => format!("{other:?}"),
     };
     println!(
@@ -191,19 +268,32 @@ fn run() -> Res<()> {
             a.gpa, a.len, a.iova, a.method
         );
     }
-    let hwpt = dev.attach(&ioas)?;
-    objects += 1;
-    println!(
-        "  attached     {} to {} (kernel-created {hwpt})",
-        dev.id(),
-        ioas.id()
-    );
+    let (hwpt, nested) = if nested {
+        let n = attach_nested(&ioas, &dev, &guest)?;
+        let id = dev.attach(&n.hwpt)?;
+        // The nest parent, the vIOMMU, the vDEVICE and the nested HWPT.
+        objects += 4;
+        println!("  attached     {} to {id} (nested)", dev.id());
+        (id, Some(n))
+    } else {
+        let hwpt = dev.attach(&ioas)?;
+        objects += 1;
+        println!(
+            "  attached     {} to {} (kernel-created {hwpt})",
+            dev.id(),
+            ioas.id()
+        );
+        (hwpt, None)
+    };
     let mut vm = Passthrough {
         ioas,
         ram: Some(ram),
         dev,
         hwpt,
+        nested,
     };
+    // The address the device uses for a GPA: the GPA itself, or its GIOVA.
+    let at = |gpa: u64| vm.nested.as_ref().map_or(gpa, |n| n.iova_of(gpa));
 
     let is_edu =
         std::fs::read_to_string(format!("/sys/bus/pci/devices/{addr}/device"))?.trim() == "0x11e8";
@@ -214,16 +304,16 @@ fn run() -> Res<()> {
         let len = EDU_MAX_TRANSFER as usize;
         // Region 0 -> device -> region 1, and back the other way.
         for (i, (src, dst)) in [
-            (0x1000_u64, REGIONS[1].0 + 0x2000),
-            (REGIONS[1].0 + 0x8000, 0x9000),
+            (0x1000_u64, REGIONS[1].0 + 0x10_2000),
+            (REGIONS[1].0 + 0x10_8000, 0x9000),
         ]
         .into_iter()
         .enumerate()
         {
             let data = pattern(len, 0x40 + i as u8);
             guest.write_slice(&data, GuestAddress(src))?;
-            edu.dma_from_memory(src, 0, len as u64)?;
-            edu.dma_to_memory(0, dst, len as u64)?;
+            edu.dma_from_memory(at(src), 0, len as u64)?;
+            edu.dma_to_memory(0, at(dst), len as u64)?;
             let mut back = vec![0u8; len];
             guest.read_slice(&mut back, GuestAddress(dst))?;
             if back != data {
@@ -231,14 +321,16 @@ fn run() -> Res<()> {
             }
             moved += 2 * len as u64;
             println!(
-                "  DMA          GPA {src:#x} -> device -> GPA {dst:#x}: {len} bytes, verified"
+                "  DMA          GPA {src:#x} -> device -> GPA {dst:#x} (device addresses {:#x}, {:#x}): {len} bytes, verified",
+                at(src),
+                at(dst)
             );
         }
         // Unmapped guest RAM is out of the device's reach.
         drop(vm.ram.take());
         let probe = 0x3000_u64;
         guest.write_slice(&[0u8; 64], GuestAddress(probe))?;
-        edu.dma_to_memory(0, probe, 64)?;
+        edu.dma_to_memory(0, at(probe), 64)?;
         let mut after = vec![0xffu8; 64];
         guest.read_slice(&mut after, GuestAddress(probe))?;
         if after.iter().any(|&b| b != 0) {
@@ -257,12 +349,21 @@ fn run() -> Res<()> {
     // Teardown: the whole state at once, in field order (the IOAS handle first: the
     // device still holds the IOAS and releases it after unbinding). Nothing may remain.
     let (dev_id, hwpt_id, ioas_id) = (vm.dev.id(), vm.hwpt, vm.ioas.id());
-    drop(vm);
-    for (what, id) in [
+    let mut ids = vec![
         ("device", dev_id.raw()),
         ("hwpt", hwpt_id.raw()),
         ("ioas", ioas_id.raw()),
-    ] {
+    ];
+    if let Some(n) = &vm.nested {
+        let viommu = n.vdevice.viommu();
+        ids.extend([
+            ("vdevice", n.vdevice.id().raw()),
+            ("viommu", viommu.id().raw()),
+            ("nest parent", viommu.parent().id().raw()),
+        ]);
+    }
+    drop(vm);
+    for (what, id) in ids {
         match fd.destroy_raw(id) {
             Err(e) if e.errno() == Some(libc::ENOENT) => {}
             other => {
