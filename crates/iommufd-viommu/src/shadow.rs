@@ -346,6 +346,13 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
     /// Unmaps what lies in `iova..iova + len`; returns the number of bytes that
     /// were mapped there (0 if none: not an error). Mappings cut by the range are
     /// unmapped whole and what is left of them is mapped back.
+    ///
+    /// The kernel mappings in the range go in one `IOMMU_IOAS_UNMAP`. Should the
+    /// kernel refuse it, each is unmapped on its own, and one already gone (the
+    /// IOAS was changed behind the domain's back) counts as unmapped. A mapping
+    /// the kernel refuses to unmap stays in the domain, whole, and its error is
+    /// returned after the others were done: the domain's mappings stay what the
+    /// kernel holds.
     pub fn unmap(&mut self, iova: u64, len: u64) -> Result<u64, ShadowError> {
         check_range("unmap", iova, len)?;
         let last = iova + (len - 1);
@@ -360,17 +367,34 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
         if let Some(first) = backed.next() {
             let end = backed.next_back().unwrap_or(first).last();
             if let Err(e) = self.ioas.unmap(Iova(first.iova), end - first.iova + 1) {
-                self.uncut(cuts);
-                return Err(e.into());
+                // The kernel may have removed some areas before it stopped, or
+                // the IOAS was changed behind the domain's back (an area is
+                // gone: ENOENT). Each mapping is unmapped on its own below, and
+                // what is gone already counts as unmapped.
+                log::warn!(
+                    "iommufd-viommu: unmapping IOVA {:#x}..={end:#x} at once: {e}; one mapping at a time",
+                    first.iova
+                );
             }
         }
         let mut unmapped = 0;
         let mut failed = None;
         for c in cuts {
             let e = c.extent;
+            // Unmapped by the ioctl above, this only takes the memory back;
+            // else it unmaps this mapping alone.
+            let memory = match c.payload.map(Mapping::unmap) {
+                None => None,
+                Some(Ok(memory)) => Some(memory),
+                Some(Err(refused)) => {
+                    // Still mapped in the kernel: so it stays in the map, whole.
+                    self.restore(&c.extent, [c.left, c.right], refused.object);
+                    failed.get_or_insert(ShadowError::Iommufd(refused.error));
+                    continue;
+                }
+            };
             unmapped += e.last().min(last) - e.iova.max(iova) + 1;
-            // Unmapped by the ioctl above: this only takes the memory back.
-            let Some(memory) = c.payload.and_then(|m| m.unmap().ok()) else {
+            let Some(memory) = memory else {
                 continue;
             };
             for rest in [c.left, c.right].into_iter().flatten() {
@@ -399,14 +423,21 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
         }
     }
 
-    /// Puts back what [`IovaMap::cut_into`] cut, as it was (the kernel refused the
-    /// unmap: its mappings are unchanged).
-    fn uncut(&mut self, cuts: Vec<crate::Cut<Backing<B>>>) {
-        for c in cuts {
-            // The remainders hold no kernel mapping yet: remove them, and the whole
-            // extent fits where it was.
-            let _ = self.map.remove_overlapping(c.extent.iova, c.extent.len);
-            let _ = self.map.insert(c.extent, c.payload);
+    /// Puts back an extent [`IovaMap::cut_into`] cut, whose kernel mapping the
+    /// kernel refused to unmap.
+    fn restore(
+        &mut self,
+        whole: &Extent,
+        remainders: [Option<Extent>; 2],
+        mapping: Mapping<MmapSlice<B>>,
+    ) {
+        // The remainders hold no kernel mapping yet: remove them, and the whole
+        // extent fits where it was.
+        for r in remainders.into_iter().flatten() {
+            let _ = self.map.remove_overlapping(r.iova, r.len);
+        }
+        if let Err(e) = self.map.insert(*whole, Some(mapping)) {
+            log::error!("iommufd-viommu: putting back {whole}: {e}");
         }
     }
 
@@ -464,8 +495,10 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
     /// Brings the kernel mappings in line with guest memory after it changed
     /// (regions added, removed, or replaced): mappings whose memory is gone are
     /// unmapped (the guest's mapping is kept, unbacked), and guest mappings with
-    /// RAM behind them again are mapped. Running it again without a change does
-    /// nothing. Stops at the first kernel error, having done what came before.
+    /// RAM behind them again are mapped. Kernel mappings removed behind the
+    /// domain's back (an [`Ioas::unmap`] of its IOAS) are made again. Running it
+    /// again without a change does nothing. Stops at the first kernel error,
+    /// having done what came before.
     pub fn replay<M>(&mut self, guest: &M) -> Result<ReplayReport, ShadowError>
     where
         M: GuestMemoryBackend<R = GuestRegionMmap<B>> + ?Sized,
@@ -478,7 +511,9 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
             let now = pieces(guest, e.gpa, e.len);
             let current = match (backing, now.as_slice()) {
                 (Some(m), [(_, Some((region, offset)))]) => {
-                    Arc::ptr_eq(m.memory().region(), region) && m.memory().offset() == *offset
+                    Arc::ptr_eq(m.memory().region(), region)
+                        && m.memory().offset() == *offset
+                        && m.is_mapped()
                 }
                 (None, [(_, None)]) => true,
                 _ => false,
@@ -491,11 +526,12 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
                 continue;
             };
             if let Some(m) = backing {
+                let was_mapped = m.is_mapped();
                 if let Err(r) = m.unmap() {
                     let _ = self.map.insert(e, Some(r.object));
                     return Err(r.error.into());
                 }
-                report.unmapped += 1;
+                report.unmapped += usize::from(was_mapped);
             }
             let mut error = None;
             let mut at = e.iova;

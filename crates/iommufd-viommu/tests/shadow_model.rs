@@ -145,4 +145,113 @@ mod mock {
             drop(mock);
         }
     }
+
+    /// Whether the kernel maps each page of `pages` GIOVA pages from `page` to the
+    /// host memory of GPA page `gpa` on (`None`: maps none of them).
+    fn kernel_maps(
+        fd: &Iommufd,
+        hwpt: iommufd::HwptId,
+        ram: &Ram,
+        page: u64,
+        pages: u64,
+        gpa: Option<u64>,
+    ) -> bool {
+        (0..pages).all(|k| {
+            let iova = Iova(IOVA + (page + k) * PAGE);
+            match gpa {
+                Some(g) => {
+                    let host = ram.host(g + k).expect("GPA in RAM");
+                    selftest::md_check_map(fd, hwpt, iova, host, PAGE).is_ok()
+                }
+                None => selftest::md_check_map(fd, hwpt, iova, std::ptr::null(), PAGE).is_err(),
+            }
+        })
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn a_domain_heals_after_its_ioas_is_unmapped_behind_its_back() {
+        let fd = Iommufd::open().expect("open");
+        let ioas = Ioas::alloc(&fd).expect("IOAS");
+        ioas.set_huge_pages(HugePages::Split).expect("CPU pages");
+        let mut domain = ShadowDomain::<()>::new(ioas.clone(), HwptFlags::empty());
+        let mock = MockDevice::alloc(&ioas, MockDeviceFlags::empty(), 1).expect("mock");
+        domain.attach(mock.device()).expect("attach");
+        let hwpt = domain.hwpts().pop().expect("a HWPT").id();
+        let ram = Ram {
+            present: [Some(region(0)), None, None],
+        };
+        let mem = ram.memory();
+        // Three guest mappings of two pages: A (GPA page 0), B (8), C (16).
+        for (page, gpa) in [(0, 0), (2, 8), (4, 16)] {
+            domain
+                .map(&mem, IOVA + page * PAGE, gpa * PAGE, 2 * PAGE, MapFlags::RW)
+                .expect("map");
+        }
+        // The VMM unmaps B from the IOAS itself: the domain still records it.
+        ioas.unmap(Iova(IOVA + 2 * PAGE), 2 * PAGE)
+            .expect("VMM unmap");
+        assert!(kernel_maps(&fd, hwpt, &ram, 2, 2, None));
+        assert_eq!(
+            domain.translate(IOVA + 2 * PAGE),
+            Some((8 * PAGE, MapFlags::RW))
+        );
+        // A replay maps B again, and only B.
+        let report = domain.replay(&mem).expect("replay");
+        assert_eq!(
+            (report.unmapped, report.mapped, report.unbacked),
+            (0, 1, 0),
+            "{report:?}"
+        );
+        assert!(
+            kernel_maps(&fd, hwpt, &ram, 2, 2, Some(8)),
+            "B is mapped again"
+        );
+        assert_eq!(
+            domain.replay(&mem).expect("replay"),
+            Default::default(),
+            "nothing more to do"
+        );
+        // Behind its back again, then the guest unmaps B: the kernel has nothing
+        // there (ENOENT), and what is gone counts as unmapped.
+        ioas.unmap(Iova(IOVA + 2 * PAGE), 2 * PAGE)
+            .expect("VMM unmap");
+        assert_eq!(
+            domain
+                .unmap(IOVA + 2 * PAGE, 2 * PAGE)
+                .expect("guest unmap of B"),
+            2 * PAGE
+        );
+        assert_eq!(domain.translate(IOVA + 2 * PAGE), None);
+        // Once more, B mapped and gone behind the domain's back, and the guest
+        // unmaps from A's second page to C's first.
+        domain
+            .map(&mem, IOVA + 2 * PAGE, 8 * PAGE, 2 * PAGE, MapFlags::RW)
+            .expect("map B");
+        ioas.unmap(Iova(IOVA + 2 * PAGE), 2 * PAGE)
+            .expect("VMM unmap");
+        assert_eq!(
+            domain.unmap(IOVA + PAGE, 4 * PAGE).expect("guest unmap"),
+            4 * PAGE
+        );
+        assert!(
+            kernel_maps(&fd, hwpt, &ram, 0, 1, Some(0)),
+            "A's first page stays"
+        );
+        assert!(
+            kernel_maps(&fd, hwpt, &ram, 1, 4, None),
+            "the range is unmapped"
+        );
+        assert!(
+            kernel_maps(&fd, hwpt, &ram, 5, 1, Some(17)),
+            "C's last page stays"
+        );
+        assert_eq!(domain.kernel_mappings(), 2);
+        // And the range can be mapped again: no stale kernel mapping is in the way.
+        domain
+            .map(&mem, IOVA + PAGE, 4 * PAGE, 4 * PAGE, MapFlags::READ)
+            .expect("map again");
+        assert!(kernel_maps(&fd, hwpt, &ram, 1, 4, Some(4)));
+        drop(mock);
+    }
 }
