@@ -10,6 +10,7 @@
 //! | [`SharedIoas`] | all devices on that IOAS, HWPTs shared where IOMMUs allow, so RAM is pinned once; dirty tracking on all of them |
 //! | [`ShadowDomain`], [`IovaMap`] | a guest I/O domain (GIOVA -> GPA) shadowed in an IOAS: split, cut, replayed after memory changes |
 //! | [`virtio::Backend`] | virtio-iommu requests turned into shadow domains, answered as the specification asks |
+//! | [`virtio::EmulatedEndpoint`] | a VMM's device model behind the virtio-iommu: its DMA by IOVA, as vm-memory's `Iommu` |
 //! | [`DirtyLog`], [`DirtySink`] | dirty pages of device DMA merged into the regions' vm-memory bitmaps, at their GPAs |
 //! | [`PasidTable`] | guest PASID <-> host PASID per device, for vIOMMUs with PASIDs |
 //!
@@ -51,7 +52,7 @@
 //! request gets its status and changes nothing.
 //!
 //! ```no_run
-//! use iommufd::vm_memory::GuestMemoryMmap;
+//! use iommufd::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory};
 //! use iommufd::{HwptFlags, Ioas, Iommufd};
 //! use iommufd_viommu::virtio::{Backend, ResvMem};
 //! # fn f(fd: &Iommufd, dev: &iommufd::Device, bypass: &Ioas, ram: &GuestMemoryMmap,
@@ -61,6 +62,10 @@
 //! let mut viommu = Backend::new(fd, HwptFlags::DIRTY_TRACKING).with_bypass(bypass);
 //! let msi = ResvMem { msi: true, start: 0xfee0_0000, end: 0xfeef_ffff };
 //! viommu.add_endpoint(8, dev, vec![msi])?; // endpoint id 8: the device's RID
+//! // A virtio device model behind the same vIOMMU (endpoint 16): it reads and
+//! // writes guest memory by the IOVAs the guest gives it, through its domain.
+//! let blk = viommu.add_emulated_endpoint(16, vec![msi])?;
+//! let blk_memory = IommuMemory::new(ram.clone(), blk, true, ());
 //! for (readable, mut writable) in queue {
 //!     let used = viommu.request(ram, &readable, &mut writable);
 //!     // ... put the chain on the used ring with `used` bytes, notify the guest ...
@@ -68,9 +73,9 @@
 //! }
 //! // Guest memory changed (hotplug): mappings follow.
 //! viommu.replay(ram)?;
-//! // An emulated device behind the same vIOMMU translates its DMA addresses:
-//! let gpa = viommu.translate(8, 0xffff_0000);
-//! # let _ = gpa;
+//! // The device model's DMA: refused unless the guest mapped the IOVA for it.
+//! let header: u32 = blk_memory.read_obj(GuestAddress(0xffff_0000))?;
+//! # let _ = header;
 //! # Ok(()) }
 //! ```
 //!

@@ -9,8 +9,10 @@
 use std::fmt;
 
 mod backend;
+mod emulated;
 
 pub use backend::Backend;
+pub use emulated::{EmulatedEndpoint, EndpointMode};
 
 /// `VIRTIO_IOMMU_T_*`: the request types.
 const T_ATTACH: u8 = 1;

@@ -2,7 +2,9 @@
 //! QEMU's `edu` device behind the emulated VT-d: the device DMAs to GIOVAs and the
 //! bytes land at the GPAs the guest mapped, across guest memory regions; a partial
 //! unmap blocks exactly the unmapped part; bad requests change nothing; memory
-//! hot-remove and hot-add are replayed.
+//! hot-remove and hot-add are replayed. An emulated device in the same domain
+//! reads and writes by GIOVA through vm-memory's `IommuMemory` and meets the
+//! bytes `edu` moved.
 //!
 //! Ignored on the host; `cargo xtask vmtest` runs them in the guest.
 
@@ -10,13 +12,13 @@ mod vfio {
     use std::os::fd::AsFd;
     use std::sync::Arc;
 
-    use iommufd::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+    use iommufd::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, IommuMemory};
     use iommufd::{HwptFlags, Iommufd, MapFlags};
     use iommufd_lab::edu::Edu;
     use iommufd_lab::pci;
     use iommufd_lab::vfio::VfioDevice as LabDevice;
     use iommufd_vfio::{Sysfs, VfioDevice};
-    use iommufd_viommu::virtio::{Backend, ResvMem, Status};
+    use iommufd_viommu::virtio::{Backend, EndpointMode, ResvMem, Status};
 
     const KB: u64 = 1 << 10;
     const MB: u64 = 1 << 20;
@@ -32,6 +34,12 @@ mod vfio {
         b.extend(domain.to_le_bytes());
         b.extend(endpoint.to_le_bytes());
         b.extend([0; 8]);
+        b
+    }
+
+    fn attach_bypass(domain: u32, endpoint: u32) -> Vec<u8> {
+        let mut b = attach(domain, endpoint);
+        b[12] = 1; // VIRTIO_IOMMU_ATTACH_F_BYPASS
         b
     }
 
@@ -313,6 +321,160 @@ mod vfio {
         assert!(v.domain_ids().is_empty());
         assert!(!dma_write(&edu, &ram3, SRC, IOVA, GPA, 11));
         assert!(untouched(&ram3, GPA));
+        drop(edu);
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu, VT-d and an edu device (cargo xtask vmtest)"]
+    fn an_emulated_device_shares_a_domain_with_edu() {
+        let fd = Iommufd::open().expect("open");
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(MB), MB as usize),
+            (GuestAddress(2 * MB), MB as usize),
+            (GuestAddress(16 * MB), 16 * MB as usize),
+        ])
+        .expect("guest RAM");
+        let bdf = pci::isolated_edu().expect("an edu device alone in its group");
+        let dev = VfioDevice::open_pci(&Sysfs::default(), bdf.bdf().parse().expect("BDF"))
+            .expect("open the edu cdev")
+            .bind(&fd, 0x52)
+            .expect("bind");
+        let edu = Edu::new(&LabDevice::from_owned_fd(
+            dev.as_fd().try_clone_to_owned().expect("dup"),
+        ))
+        .expect("edu");
+        let mut v = Backend::new(&fd, HwptFlags::empty());
+        v.add_endpoint(3, &dev, vec![]).expect("edu endpoint");
+        let ep = v
+            .add_emulated_endpoint(5, vec![])
+            .expect("emulated endpoint");
+        assert!(v.add_emulated_endpoint(3, vec![]).is_err(), "id taken");
+        // The device model's memory: addresses are endpoint 5's IOVAs.
+        let dma = IommuMemory::new(ram.clone(), ep.clone(), true, ());
+        let mut buf = vec![0u8; LEN];
+        assert!(
+            dma.read_slice(&mut buf, GuestAddress(MB)).is_err(),
+            "blocked before ATTACH"
+        );
+
+        const IOVA: u64 = 4 * MB;
+        const GPA: u64 = 2 * MB - 8 * KB;
+        const SRC: (u64, u64) = (8 * MB, 20 * MB);
+        assert_eq!(send(&mut v, &ram, &attach(7, 3)), Status::Ok as u8);
+        assert_eq!(
+            send(&mut v, &ram, &map(7, IOVA, 16 * KB, GPA, 3)),
+            Status::Ok as u8
+        );
+        // The emulated endpoint joins after the MAP: it sees it all the same.
+        assert_eq!(send(&mut v, &ram, &attach(7, 5)), Status::Ok as u8);
+        assert_eq!((v.domain_of(5), ep.mode()), (Some(7), EndpointMode::Mapped));
+        assert_eq!(
+            send(&mut v, &ram, &map(7, SRC.0, 4 * KB, SRC.1, 1)),
+            Status::Ok as u8
+        );
+
+        // edu writes each page of the buffer; the device model reads them by
+        // GIOVA, the second and third pages from different regions.
+        for page in 0..4u64 {
+            let seed = page as u8 + 1;
+            assert!(dma_write(
+                &edu,
+                &ram,
+                SRC,
+                IOVA + page * 4 * KB,
+                GPA + page * 4 * KB,
+                seed
+            ));
+            dma.read_slice(&mut buf, GuestAddress(IOVA + page * 4 * KB))
+                .expect("emulated read");
+            assert_eq!(buf, pattern(seed), "page {page}: the bytes edu wrote");
+        }
+        // The device model writes by GIOVA across the region boundary; the bytes
+        // land at the GPAs, and edu reads them from the same GIOVA.
+        let across = IOVA + 8 * KB - 2000;
+        dma.write_slice(&pattern(40), GuestAddress(across))
+            .expect("emulated write");
+        let mut at_gpa = vec![0u8; LEN];
+        ram.read_slice(&mut at_gpa, GuestAddress(GPA + 8 * KB - 2000))
+            .expect("read");
+        assert_eq!(at_gpa, pattern(40));
+        ram.write_slice(&[0u8; LEN], GuestAddress(GPA))
+            .expect("clear");
+        let _ = edu.dma_from_memory(across, 0, LEN as u64);
+        let _ = edu.dma_to_memory(0, IOVA, LEN as u64);
+        ram.read_slice(&mut at_gpa, GuestAddress(GPA))
+            .expect("read");
+        assert_eq!(at_gpa, pattern(40), "edu read what the device model wrote");
+        // Read-only for the device model too.
+        assert!(
+            dma.write_slice(&[1u8; 16], GuestAddress(SRC.0)).is_err(),
+            "read-only mapping"
+        );
+        assert!(dma.read_slice(&mut buf, GuestAddress(SRC.0)).is_ok());
+
+        // A partial UNMAP: exactly that page goes, for both.
+        assert_eq!(
+            send(&mut v, &ram, &unmap(7, IOVA + 4 * KB, 4 * KB)),
+            Status::Ok as u8
+        );
+        assert!(
+            dma.read_slice(&mut buf, GuestAddress(IOVA + 4 * KB))
+                .is_err()
+        );
+        assert!(
+            dma.read_slice(&mut buf, GuestAddress(IOVA + 4 * KB - 8))
+                .is_err(),
+            "a read into it"
+        );
+        assert!(dma.read_slice(&mut buf, GuestAddress(IOVA)).is_ok());
+        assert!(
+            dma.read_slice(&mut buf, GuestAddress(IOVA + 8 * KB))
+                .is_ok()
+        );
+        assert!(!dma_write(&edu, &ram, SRC, IOVA + 4 * KB, GPA + 4 * KB, 9));
+
+        // DETACH of the device model: blocked; edu keeps the domain.
+        assert_eq!(send(&mut v, &ram, &detach(7, 5)), Status::Ok as u8);
+        assert_eq!(ep.mode(), EndpointMode::Blocked);
+        assert!(dma.read_slice(&mut buf, GuestAddress(IOVA)).is_err());
+        assert!(dma_write(&edu, &ram, SRC, IOVA, GPA, 10), "edu still works");
+
+        // A bypass domain: no page table for passthrough devices was given, but
+        // the device model reaches guest RAM at IOVA = GPA.
+        assert_eq!(send(&mut v, &ram, &attach_bypass(8, 5)), Status::Ok as u8);
+        assert_eq!(ep.mode(), EndpointMode::Bypass);
+        dma.read_slice(&mut buf, GuestAddress(GPA))
+            .expect("bypass read");
+        assert_eq!(buf, pattern(10));
+        assert_eq!(
+            send(&mut v, &ram, &attach_bypass(8, 3)),
+            Status::Unsupp as u8
+        );
+        assert_eq!(v.domain_of(3), Some(7), "edu stays where it was");
+        // And back into domain 7: the mappings again, as they are now.
+        assert_eq!(send(&mut v, &ram, &attach(7, 5)), Status::Ok as u8);
+        assert!(
+            v.domain_ids() == [7],
+            "the bypass domain went with its endpoint"
+        );
+        assert!(
+            dma.read_slice(&mut buf, GuestAddress(IOVA + 4 * KB))
+                .is_err()
+        );
+        dma.read_slice(&mut buf, GuestAddress(IOVA))
+            .expect("mapped again");
+
+        // Unplug: the passthrough call refuses it; the emulated one blocks it.
+        assert!(v.remove_endpoint(5).is_err());
+        assert_eq!(v.domain_of(5), Some(7), "unchanged");
+        let gone = v.remove_emulated_endpoint(5).expect("unplug");
+        assert!(gone.same(&ep));
+        assert!(dma.read_slice(&mut buf, GuestAddress(IOVA)).is_err());
+        assert!(
+            v.remove_emulated_endpoint(3).is_err(),
+            "edu is no emulated endpoint"
+        );
+        assert!(dma_write(&edu, &ram, SRC, IOVA, GPA, 11), "edu unaffected");
         drop(edu);
     }
 }

@@ -8,35 +8,51 @@ use iommufd::vm_memory::bitmap::Bitmap;
 use iommufd::vm_memory::{GuestMemoryBackend, GuestRegionMmap};
 use iommufd::{Device, HwptFlags, Ioas, Iommufd, MapFlags as Perms, PageTable};
 
-use super::{Request, ResvMem, Status, probe_properties};
+use super::{EmulatedEndpoint, Request, ResvMem, Status, probe_properties};
 use crate::dirty::DirtySink;
+use crate::iova_map::Extent;
 use crate::shadow::{ReplayReport, ShadowDomain, ShadowError};
 
-/// A guest domain: shadowed mappings, or bypass (DMA goes to the page table the
-/// backend was given for that).
+/// A guest domain: shadowed mappings (passthrough devices attached in the
+/// kernel, emulated ones given the mappings), or bypass (devices' DMA goes to
+/// the page table the backend was given for that).
 enum Domain<B: Bitmap + Send + Sync + 'static> {
-    Mapped(ShadowDomain<B>),
+    Mapped {
+        shadow: ShadowDomain<B>,
+        emulated: Vec<EmulatedEndpoint>,
+    },
     Bypass(Vec<u32>),
 }
 
 impl<B: Bitmap + Send + Sync + 'static> Domain<B> {
     fn is_empty(&self) -> bool {
         match self {
-            Domain::Mapped(d) => d.endpoints().is_empty(),
+            Domain::Mapped { shadow, emulated } => {
+                shadow.endpoints().is_empty() && emulated.is_empty()
+            }
             Domain::Bypass(eps) => eps.is_empty(),
         }
     }
 }
 
+/// What an endpoint is.
+#[derive(Clone)]
+enum Kind {
+    /// A passthrough device.
+    Device(Device),
+    /// A device model of the VMM.
+    Emulated(EmulatedEndpoint),
+}
+
 struct Endpoint {
-    dev: Device,
+    kind: Kind,
     resv: Vec<ResvMem>,
     domain: Option<u32>,
 }
 
-/// The back end of a virtio-iommu device: endpoints (the passthrough devices the
-/// VMM put behind it, by endpoint id), and the guest's domains, each a
-/// [`ShadowDomain`] in an IOAS of its own.
+/// The back end of a virtio-iommu device: endpoints (the passthrough devices
+/// and the emulated devices the VMM put behind it, by endpoint id), and the
+/// guest's domains, each a [`ShadowDomain`] in an IOAS of its own.
 ///
 /// [`Backend::request`] takes one request as the guest queued it (the
 /// device-readable bytes, and the device-writable buffer for the answer), carries
@@ -52,7 +68,12 @@ struct Endpoint {
 /// - A detached endpoint's DMA is blocked.
 /// - Bypass domains (`VIRTIO_IOMMU_ATTACH_F_BYPASS`) attach their endpoints to the
 ///   page table given to [`Backend::with_bypass`] (the VMM's IOAS of guest RAM at
-///   IOVA = GPA); without one they are `UNSUPP`.
+///   IOVA = GPA); without one they are `UNSUPP` for passthrough devices.
+///   Emulated endpoints in a bypass domain reach guest RAM at IOVA = GPA.
+/// - Emulated endpoints ([`Backend::add_emulated_endpoint`]) see the mappings of
+///   their domain through their [`EmulatedEndpoint`], updated before each
+///   request is answered. A domain with only emulated endpoints still keeps its
+///   mappings in its IOAS, so a passthrough device can join it at any time.
 /// - An UNMAP that cuts a mapping unmaps the part asked for and keeps the rest
 ///   (more lenient than the specification's `RANGE`, which it allows).
 /// - MMIO mappings are not supported (the device does not offer
@@ -119,13 +140,44 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
         dev: &Device,
         resv: Vec<ResvMem>,
     ) -> Result<(), ShadowError> {
+        self.add(id, Kind::Device(dev.clone()), resv)
+    }
+
+    /// Puts an emulated device (a device model of the VMM) behind the vIOMMU as
+    /// endpoint `id`, with the reserved regions a PROBE reports for it; returns
+    /// its view of the I/O address space, blocked until the guest attaches it.
+    ///
+    /// ```no_run
+    /// use iommufd::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory};
+    /// use iommufd::{HwptFlags, Iommufd};
+    /// use iommufd_viommu::virtio::Backend;
+    /// # fn f(ram: &GuestMemoryMmap) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut viommu = Backend::<()>::new(&Iommufd::open()?, HwptFlags::empty());
+    /// let net = viommu.add_emulated_endpoint(16, vec![])?;
+    /// // The virtio-net model reads its rings and buffers by IOVA through it.
+    /// let dma = IommuMemory::new(ram.clone(), net, true, ());
+    /// // ... after the guest attached endpoint 16 and mapped its ring at 0x10000 ...
+    /// let avail_idx: u16 = dma.read_obj(GuestAddress(0x10002))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_emulated_endpoint(
+        &mut self,
+        id: u32,
+        resv: Vec<ResvMem>,
+    ) -> Result<EmulatedEndpoint, ShadowError> {
+        let ep = EmulatedEndpoint::new(id);
+        self.add(id, Kind::Emulated(ep.clone()), resv)?;
+        Ok(ep)
+    }
+
+    fn add(&mut self, id: u32, kind: Kind, resv: Vec<ResvMem>) -> Result<(), ShadowError> {
         if self.endpoints.contains_key(&id) {
             return Err(ShadowError::EndpointExists { endpoint: id });
         }
         self.endpoints.insert(
             id,
             Endpoint {
-                dev: dev.clone(),
+                kind,
                 resv,
                 domain: None,
             },
@@ -133,15 +185,35 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
         Ok(())
     }
 
-    /// Takes endpoint `id` away (device unplug): it leaves its domain (its DMA is
-    /// blocked) and the handle is returned.
+    /// Takes passthrough endpoint `id` away (device unplug): it leaves its domain
+    /// (its DMA is blocked) and the handle is returned. An emulated endpoint is
+    /// [`ShadowError::UnknownEndpoint`] here and stays (see
+    /// [`Backend::remove_emulated_endpoint`]).
     pub fn remove_endpoint(&mut self, id: u32) -> Result<Device, ShadowError> {
+        match self.endpoints.get(&id).map(|e| &e.kind) {
+            Some(Kind::Device(_)) => {}
+            _ => return Err(ShadowError::UnknownEndpoint { endpoint: id }),
+        }
         self.leave(id)?;
-        let ep = self
-            .endpoints
-            .remove(&id)
-            .ok_or(ShadowError::UnknownEndpoint { endpoint: id })?;
-        Ok(ep.dev)
+        match self.endpoints.remove(&id).map(|e| e.kind) {
+            Some(Kind::Device(dev)) => Ok(dev),
+            _ => Err(ShadowError::UnknownEndpoint { endpoint: id }),
+        }
+    }
+
+    /// Takes emulated endpoint `id` away (device unplug): it leaves its domain,
+    /// and every clone of its view is blocked. A passthrough endpoint is
+    /// [`ShadowError::UnknownEndpoint`] here and stays.
+    pub fn remove_emulated_endpoint(&mut self, id: u32) -> Result<EmulatedEndpoint, ShadowError> {
+        match self.endpoints.get(&id).map(|e| &e.kind) {
+            Some(Kind::Emulated(_)) => {}
+            _ => return Err(ShadowError::UnknownEndpoint { endpoint: id }),
+        }
+        self.leave(id)?;
+        match self.endpoints.remove(&id).map(|e| e.kind) {
+            Some(Kind::Emulated(ep)) => Ok(ep),
+            _ => Err(ShadowError::UnknownEndpoint { endpoint: id }),
+        }
     }
 
     /// The domain endpoint `id` is attached to.
@@ -152,7 +224,7 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
     /// Guest domain `id`, unless it is a bypass domain or does not exist.
     pub fn domain(&self, id: u32) -> Option<&ShadowDomain<B>> {
         match self.domains.get(&id)? {
-            Domain::Mapped(d) => Some(d),
+            Domain::Mapped { shadow, .. } => Some(shadow),
             Domain::Bypass(_) => None,
         }
     }
@@ -162,9 +234,9 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
         self.domains.keys().copied().collect()
     }
 
-    /// Where endpoint `id`'s DMA to `iova` goes (a GPA), for an emulated device
-    /// behind the vIOMMU: `None` if unmapped or the endpoint is not in a mapped
-    /// domain (bypass domains translate nothing: IOVA = GPA).
+    /// Where endpoint `id`'s DMA to `iova` goes (a GPA): `None` if unmapped or
+    /// the endpoint is not in a mapped domain (bypass domains translate nothing:
+    /// IOVA = GPA). Device models use their [`EmulatedEndpoint`] instead.
     pub fn translate(&self, endpoint: u32, iova: u64) -> Option<(u64, Perms)> {
         self.domain(self.domain_of(endpoint)?)?.translate(iova)
     }
@@ -244,7 +316,7 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
                         what: "MMIO mappings",
                     });
                 }
-                let d = self.mapped(domain)?;
+                let (d, emulated) = self.mapped(domain)?;
                 let len = (virt_end - virt_start)
                     .checked_add(1)
                     .ok_or(ShadowError::NotRam {
@@ -254,19 +326,33 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
                 let mut perms = Perms::empty();
                 perms.set(Perms::READ, flags.read);
                 perms.set(Perms::WRITE, flags.write);
-                d.map(guest, virt_start, phys_start, len, perms)
+                d.map(guest, virt_start, phys_start, len, perms)?;
+                let extent = Extent::new(virt_start, phys_start, len, perms)?;
+                emulated.iter().for_each(|ep| ep.map(&extent));
+                Ok(())
             }
             Request::Unmap {
                 domain,
                 virt_start,
                 virt_end,
             } => {
-                let d = self.mapped(domain)?;
-                match (virt_end - virt_start).checked_add(1) {
+                let (d, emulated) = self.mapped(domain)?;
+                let len = (virt_end - virt_start).checked_add(1);
+                let done = match len {
                     Some(len) => d.unmap(virt_start, len).map(drop),
                     // All of the 64-bit space.
                     None => d.clear().map(drop),
+                };
+                match (&done, len) {
+                    (Ok(()), Some(len)) => emulated.iter().for_each(|ep| ep.unmap(virt_start, len)),
+                    // Whatever the domain holds now (all of it went, or the
+                    // kernel kept some).
+                    _ => {
+                        let now = d.mappings();
+                        emulated.iter().for_each(|ep| ep.load(&now));
+                    }
                 }
+                done
             }
             Request::Probe { endpoint } => {
                 let ep = self
@@ -280,28 +366,35 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
         }
     }
 
-    fn mapped(&mut self, domain: u32) -> Result<&mut ShadowDomain<B>, ShadowError> {
+    /// A mapped domain, and its emulated endpoints.
+    fn mapped(
+        &mut self,
+        domain: u32,
+    ) -> Result<(&mut ShadowDomain<B>, &[EmulatedEndpoint]), ShadowError> {
         match self.domains.get_mut(&domain) {
-            Some(Domain::Mapped(d)) => Ok(d),
+            Some(Domain::Mapped { shadow, emulated }) => Ok((shadow, emulated)),
             Some(Domain::Bypass(_)) => Err(ShadowError::Bypass { domain }),
             None => Err(ShadowError::UnknownDomain { domain }),
         }
     }
 
     fn attach(&mut self, domain: u32, endpoint: u32, bypass: bool) -> Result<(), ShadowError> {
-        let dev = self
+        let kind = self
             .endpoints
             .get(&endpoint)
             .ok_or(ShadowError::UnknownEndpoint { endpoint })?
-            .dev
+            .kind
             .clone();
+        let no_bypass = ShadowError::Unsupported {
+            what: "bypass domains",
+        };
         match self.domains.get(&domain) {
-            Some(Domain::Mapped(_)) if bypass => return Err(ShadowError::Bypass { domain }),
+            Some(Domain::Mapped { .. }) if bypass => return Err(ShadowError::Bypass { domain }),
             Some(Domain::Bypass(_)) if !bypass => return Err(ShadowError::Bypass { domain }),
-            None if bypass && self.bypass.is_none() => {
-                return Err(ShadowError::Unsupported {
-                    what: "bypass domains",
-                });
+            Some(Domain::Bypass(_)) | None
+                if bypass && self.bypass.is_none() && matches!(kind, Kind::Device(_)) =>
+            {
+                return Err(no_bypass);
             }
             _ => {}
         }
@@ -317,23 +410,42 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
                     // No HWPT yet: this only makes the first one track.
                     d.shared().set_dirty_tracking(true)?;
                 }
-                Domain::Mapped(d)
+                Domain::Mapped {
+                    shadow: d,
+                    emulated: Vec::new(),
+                }
             };
             self.domains.insert(domain, d);
         }
-        // Attaching replaces the device's page table, so DMA moves from the old
-        // domain to the new one without a blocked window.
-        let attached = match self.domains.get_mut(&domain) {
-            Some(Domain::Mapped(d)) => d.attach(&dev).map(drop),
-            Some(Domain::Bypass(eps)) => match &self.bypass {
-                Some(pt) => dev.attach(pt.clone()).map(|_| eps.push(endpoint)),
-                None => Ok(()),
+        // Attaching replaces the device's page table (or an emulated device's
+        // view), so DMA moves from the old domain to the new one without a
+        // blocked window.
+        let attached = match (self.domains.get_mut(&domain), &kind) {
+            (Some(Domain::Mapped { shadow, .. }), Kind::Device(dev)) => {
+                shadow.attach(dev).map(drop).map_err(ShadowError::from)
+            }
+            (Some(Domain::Mapped { shadow, emulated }), Kind::Emulated(ep)) => {
+                ep.load(&shadow.mappings());
+                emulated.push(ep.clone());
+                Ok(())
+            }
+            (Some(Domain::Bypass(eps)), Kind::Device(dev)) => match &self.bypass {
+                Some(pt) => dev
+                    .attach(pt.clone())
+                    .map(|_| eps.push(endpoint))
+                    .map_err(ShadowError::from),
+                None => Err(no_bypass),
             },
-            None => Ok(()),
+            (Some(Domain::Bypass(eps)), Kind::Emulated(ep)) => {
+                ep.bypass();
+                eps.push(endpoint);
+                Ok(())
+            }
+            (None, _) => Ok(()),
         };
         if let Err(e) = attached {
             self.drop_if_empty(domain);
-            return Err(e.into());
+            return Err(e);
         }
         if let Some(old) = self.domain_of(endpoint) {
             self.forget(endpoint, old);
@@ -352,7 +464,10 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
         let Some(domain) = ep.domain else {
             return Ok(());
         };
-        ep.dev.detach()?;
+        match &ep.kind {
+            Kind::Device(dev) => dev.detach()?,
+            Kind::Emulated(ep) => ep.block(),
+        }
         self.forget(id, domain);
         if let Some(ep) = self.endpoints.get_mut(&id) {
             ep.domain = None;
@@ -363,9 +478,12 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
     /// Removes endpoint `id` from the books of `domain` (the device is attached
     /// elsewhere, or detached, already), dropping the domain if it is left empty.
     fn forget(&mut self, id: u32, domain: u32) {
-        let dev = self.endpoints.get(&id).map(|e| e.dev.clone());
-        match (self.domains.get_mut(&domain), dev) {
-            (Some(Domain::Mapped(d)), Some(dev)) => d.forget(&dev),
+        let kind = self.endpoints.get(&id).map(|e| e.kind.clone());
+        match (self.domains.get_mut(&domain), kind) {
+            (Some(Domain::Mapped { shadow, .. }), Some(Kind::Device(dev))) => shadow.forget(&dev),
+            (Some(Domain::Mapped { emulated, .. }), Some(Kind::Emulated(ep))) => {
+                emulated.retain(|e| !e.same(&ep));
+            }
             (Some(Domain::Bypass(eps)), _) => eps.retain(|e| *e != id),
             _ => {}
         }
@@ -387,7 +505,7 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
     {
         let mut total = ReplayReport::default();
         for d in self.domains.values_mut() {
-            if let Domain::Mapped(d) = d {
+            if let Domain::Mapped { shadow: d, .. } = d {
                 let r = d.replay(guest)?;
                 total.unmapped += r.unmapped;
                 total.mapped += r.mapped;
@@ -404,7 +522,7 @@ impl<B: Bitmap + DirtySink + Send + Sync + 'static> Backend<B> {
     /// [`ShadowDomain::set_dirty_tracking`]).
     pub fn set_dirty_tracking(&mut self, on: bool) -> Result<(), ShadowError> {
         for d in self.domains.values() {
-            if let Domain::Mapped(d) = d {
+            if let Domain::Mapped { shadow: d, .. } = d {
                 d.set_dirty_tracking(on)?;
             }
         }
@@ -419,7 +537,7 @@ impl<B: Bitmap + DirtySink + Send + Sync + 'static> Backend<B> {
     pub fn harvest_dirty(&self, flags: iommufd::DirtyReadFlags) -> Result<u64, ShadowError> {
         let mut n = 0;
         for d in self.domains.values() {
-            if let Domain::Mapped(d) = d {
+            if let Domain::Mapped { shadow: d, .. } = d {
                 n += d.harvest_dirty(flags)?;
             }
         }
