@@ -475,6 +475,21 @@ mod vfio {
             "edu is no emulated endpoint"
         );
         assert!(dma_write(&edu, &ram, SRC, IOVA, GPA, 11), "edu unaffected");
-        drop(edu);
+
+        // The vIOMMU goes first (device unplug order is the VMM's): a device
+        // model keeping its view reaches nothing, nor does edu.
+        let blk = v.add_emulated_endpoint(6, vec![]).expect("endpoint 6");
+        assert_eq!(send(&mut v, &ram, &attach(7, 6)), Status::Ok as u8);
+        let blk_dma = IommuMemory::new(ram.clone(), blk.clone(), true, ());
+        assert!(blk_dma.read_slice(&mut buf, GuestAddress(IOVA)).is_ok());
+        drop(v);
+        assert_eq!(blk.mode(), EndpointMode::Blocked);
+        assert!(blk_dma.read_slice(&mut buf, GuestAddress(IOVA)).is_err());
+        assert!(!dma_write(&edu, &ram, SRC, IOVA, GPA, 12));
+        assert!(
+            untouched(&ram, GPA),
+            "edu's DMA went through a dropped vIOMMU"
+        );
+        drop((edu, dev, fd));
     }
 }

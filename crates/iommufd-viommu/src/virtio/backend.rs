@@ -102,6 +102,19 @@ pub struct Backend<B: Bitmap + Send + Sync + 'static = ()> {
     tracking: bool,
 }
 
+impl<B: Bitmap + Send + Sync + 'static> Drop for Backend<B> {
+    fn drop(&mut self) {
+        // Device models may keep their views: with the vIOMMU gone, they reach
+        // nothing, as passthrough devices reach nothing once the domains'
+        // mappings are unmapped with them.
+        for ep in self.endpoints.values() {
+            if let Kind::Emulated(e) = &ep.kind {
+                e.block();
+            }
+        }
+    }
+}
+
 impl<B: Bitmap + Send + Sync + 'static> fmt::Debug for Backend<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Backend")
