@@ -337,9 +337,115 @@ pub fn probe_properties(regions: &[ResvMem], buf: &mut [u8]) -> Result<(), Reque
     Ok(())
 }
 
+/// Why an access faulted (`VIRTIO_IOMMU_FAULT_R_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FaultReason {
+    /// The endpoint is not known to the device.
+    Unknown = 0,
+    /// The endpoint is in no domain.
+    Domain = 1,
+    /// The address is not mapped, or not for this access.
+    Mapping = 2,
+}
+
+/// A fault report for the event queue (`struct virtio_iommu_fault`): what a
+/// device model writes into a buffer the guest posted there when an
+/// endpoint's access could not be translated (see
+/// [`EmulatedEndpoint::fault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fault {
+    /// Why.
+    pub reason: FaultReason,
+    /// The endpoint that made the access.
+    pub endpoint: u32,
+    /// The faulting I/O virtual address, if known.
+    pub address: Option<u64>,
+    /// The access read.
+    pub read: bool,
+    /// The access wrote.
+    pub write: bool,
+    /// The access fetched instructions.
+    pub exec: bool,
+}
+
+impl Fault {
+    /// The size of the report on the event queue.
+    pub const LEN: usize = 24;
+
+    /// The report as the guest's driver reads it.
+    ///
+    /// ```
+    /// use iommufd_viommu::virtio::{Fault, FaultReason};
+    /// let f = Fault {
+    ///     reason: FaultReason::Mapping,
+    ///     endpoint: 8,
+    ///     address: Some(0xffff_0000),
+    ///     read: false,
+    ///     write: true,
+    ///     exec: false,
+    /// };
+    /// let bytes = f.encode();
+    /// assert_eq!(bytes[0], 2); // VIRTIO_IOMMU_FAULT_R_MAPPING
+    /// assert_eq!(&bytes[4..8], &0x102u32.to_le_bytes()); // F_WRITE | F_ADDRESS
+    /// assert_eq!(&bytes[16..], &0xffff_0000u64.to_le_bytes());
+    /// ```
+    pub fn encode(&self) -> [u8; Fault::LEN] {
+        let mut flags = 0u32;
+        flags |= u32::from(self.read);
+        flags |= u32::from(self.write) << 1;
+        flags |= u32::from(self.exec) << 2;
+        flags |= u32::from(self.address.is_some()) << 8;
+        let mut b = [0u8; Fault::LEN];
+        b[0] = self.reason as u8;
+        b[4..8].copy_from_slice(&flags.to_le_bytes());
+        b[8..12].copy_from_slice(&self.endpoint.to_le_bytes());
+        b[16..24].copy_from_slice(&self.address.unwrap_or(0).to_le_bytes());
+        b
+    }
+
+    /// Writes the report at the start of `buf` (an event queue buffer);
+    /// returns the bytes written: 0 if `buf` is too small for it.
+    pub fn write_to(&self, buf: &mut [u8]) -> usize {
+        match buf.get_mut(..Fault::LEN) {
+            Some(head) => {
+                head.copy_from_slice(&self.encode());
+                Fault::LEN
+            }
+            None => 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_reports_have_the_specified_layout() {
+        let f = Fault {
+            reason: FaultReason::Domain,
+            endpoint: 0x0102_0304,
+            address: None,
+            read: true,
+            write: false,
+            exec: true,
+        };
+        let b = f.encode();
+        assert_eq!(
+            b,
+            [
+                1, 0, 0, 0, 5, 0, 0, 0, 4, 3, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ]
+        );
+        let mut small = [0xffu8; 23];
+        assert_eq!(f.write_to(&mut small), 0);
+        assert!(small.iter().all(|x| *x == 0xff), "untouched");
+        let mut buf = [0xffu8; 32];
+        assert_eq!(f.write_to(&mut buf), 24);
+        assert_eq!(&buf[..24], &b);
+        assert_eq!(&buf[24..], &[0xff; 8]);
+    }
 
     fn req(t: u8, fields: &[&[u8]]) -> Vec<u8> {
         let mut b = vec![t, 0, 0, 0];

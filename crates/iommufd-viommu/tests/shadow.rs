@@ -12,13 +12,15 @@ mod vfio {
     use std::os::fd::AsFd;
     use std::sync::Arc;
 
-    use iommufd::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, IommuMemory};
+    use iommufd::vm_memory::{
+        Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, IommuMemory, Permissions,
+    };
     use iommufd::{HwptFlags, Iommufd, MapFlags};
     use iommufd_lab::edu::Edu;
     use iommufd_lab::pci;
     use iommufd_lab::vfio::VfioDevice as LabDevice;
     use iommufd_vfio::{Sysfs, VfioDevice};
-    use iommufd_viommu::virtio::{Backend, EndpointMode, ResvMem, Status};
+    use iommufd_viommu::virtio::{Backend, EndpointMode, FaultReason, ResvMem, Status};
 
     const KB: u64 = 1 << 10;
     const MB: u64 = 1 << 20;
@@ -432,6 +434,15 @@ mod vfio {
                 .is_ok()
         );
         assert!(!dma_write(&edu, &ram, SRC, IOVA + 4 * KB, GPA + 4 * KB, 9));
+        // What the device model reports on the event queue for it.
+        let fault = ep
+            .fault(IOVA + 4 * KB, 8, Permissions::Read)
+            .expect("a fault");
+        assert_eq!(
+            (fault.reason, fault.endpoint, fault.address),
+            (FaultReason::Mapping, 5, Some(IOVA + 4 * KB))
+        );
+        assert_eq!(ep.fault(IOVA, 8, Permissions::ReadWrite), None);
 
         // DETACH of the device model: blocked; edu keeps the domain.
         assert_eq!(send(&mut v, &ram, &detach(7, 5)), Status::Ok as u8);

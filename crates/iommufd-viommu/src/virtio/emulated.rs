@@ -10,6 +10,7 @@ use iommufd::MapFlags;
 use vm_memory::iommu::{Error as IommuError, Iommu, Iotlb, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Permissions};
 
+use super::{Fault, FaultReason};
 use crate::iova_map::Extent;
 
 /// Where an emulated endpoint's DMA goes.
@@ -205,6 +206,38 @@ impl EmulatedEndpoint {
     }
 }
 
+impl EmulatedEndpoint {
+    /// The report for the event queue if a `len`-byte `access` at `iova`
+    /// cannot be made (`None` if it can): [`FaultReason::Domain`] while the
+    /// endpoint is in no domain, else [`FaultReason::Mapping`] (not mapped, or
+    /// not for this access).
+    ///
+    /// ```
+    /// use iommufd::vm_memory::{GuestAddress, Permissions};
+    /// use iommufd_viommu::virtio::{EmulatedEndpoint, FaultReason};
+    /// let ep = EmulatedEndpoint::new(3);
+    /// let f = ep.fault(0x1000, 4, Permissions::Write).expect("blocked");
+    /// assert_eq!((f.reason, f.endpoint, f.address, f.write), (FaultReason::Domain, 3, Some(0x1000), true));
+    /// ```
+    pub fn fault(&self, iova: u64, len: usize, access: Permissions) -> Option<Fault> {
+        if Iommu::translate(self, GuestAddress(iova), len, access).is_ok() {
+            return None;
+        }
+        let reason = match self.mode() {
+            EndpointMode::Blocked => FaultReason::Domain,
+            EndpointMode::Bypass | EndpointMode::Mapped => FaultReason::Mapping,
+        };
+        Some(Fault {
+            reason,
+            endpoint: self.id,
+            address: Some(iova),
+            read: matches!(access, Permissions::Read | Permissions::ReadWrite),
+            write: matches!(access, Permissions::Write | Permissions::ReadWrite),
+            exec: false,
+        })
+    }
+}
+
 impl Iommu for EmulatedEndpoint {
     type IotlbGuard<'a> = RwLockReadGuard<'a, Iotlb>;
 
@@ -303,7 +336,24 @@ mod tests {
         );
         let clone = ep.clone();
         assert!(clone.same(&ep) && !EmulatedEndpoint::new(7).same(&ep));
+        assert_eq!(ep.fault(0x10010, 4, Permissions::Write), None);
+        let f = ep.fault(0x10010, 4, Permissions::Read).expect("write-only");
+        assert_eq!(
+            (f.reason, f.read, f.write),
+            (FaultReason::Mapping, true, false)
+        );
+        let f = ep
+            .fault(0x20000, 4, Permissions::ReadWrite)
+            .expect("unmapped");
+        assert_eq!(
+            (f.reason, f.address, f.read, f.write),
+            (FaultReason::Mapping, Some(0x20000), true, true)
+        );
         ep.block();
+        assert_eq!(
+            ep.fault(0x10010, 4, Permissions::Write).map(|f| f.reason),
+            Some(FaultReason::Domain)
+        );
         assert_eq!(
             gpas(&clone, 0x11800, 1, Permissions::Read),
             None,
