@@ -4,7 +4,8 @@
 //! unmap blocks exactly the unmapped part; bad requests change nothing; memory
 //! hot-remove and hot-add are replayed. An emulated device in the same domain
 //! reads and writes by GIOVA through vm-memory's `IommuMemory` and meets the
-//! bytes `edu` moved.
+//! bytes `edu` moved. Endpoints in no domain bypass (IOVA = GPA) or are blocked,
+//! as the config's `bypass` says.
 //!
 //! Ignored on the host; `cargo xtask vmtest` runs them in the guest.
 
@@ -15,12 +16,13 @@ mod vfio {
     use iommufd::vm_memory::{
         Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, IommuMemory, Permissions,
     };
-    use iommufd::{HwptFlags, Iommufd, MapFlags};
+    use iommufd::{HwptFlags, Ioas, Iommufd, MapFlags};
     use iommufd_lab::edu::Edu;
     use iommufd_lab::pci;
     use iommufd_lab::vfio::VfioDevice as LabDevice;
     use iommufd_vfio::{Sysfs, VfioDevice};
     use iommufd_viommu::virtio::{Backend, EndpointMode, FaultReason, ResvMem, Status};
+    use iommufd_viommu::{GuestRamSync, ShadowError};
 
     const KB: u64 = 1 << 10;
     const MB: u64 = 1 << 20;
@@ -502,5 +504,92 @@ mod vfio {
             "edu's DMA went through a dropped vIOMMU"
         );
         drop((edu, dev, fd));
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu, VT-d and an edu device (cargo xtask vmtest)"]
+    fn endpoints_in_no_domain_bypass_when_the_config_says_so() {
+        let fd = Iommufd::open().expect("open");
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(MB), 2 * MB as usize),
+            (GuestAddress(16 * MB), 16 * MB as usize),
+        ])
+        .expect("guest RAM");
+        // The VMM's IOAS of guest RAM at IOVA = GPA, for bypass.
+        let ram_ioas = Ioas::alloc(&fd).expect("IOAS");
+        let mut ram_sync = GuestRamSync::new(ram_ioas.clone(), MapFlags::RW);
+        ram_sync.sync(&ram).expect("guest RAM mapped");
+        let bdf = pci::isolated_edu().expect("an edu device alone in its group");
+        let dev = VfioDevice::open_pci(&Sysfs::default(), bdf.bdf().parse().expect("BDF"))
+            .expect("open the edu cdev")
+            .bind(&fd, 0x53)
+            .expect("bind");
+        let edu = Edu::new(&LabDevice::from_owned_fd(
+            dev.as_fd().try_clone_to_owned().expect("dup"),
+        ))
+        .expect("edu");
+        // By GPA: the source and the target.
+        const SRC: u64 = 20 * MB;
+        const GPA: u64 = 2 * MB - 8 * KB;
+        let identity = |edu: &Edu, seed| dma_write(edu, &ram, (SRC, SRC), GPA, GPA, seed);
+
+        // Without a page table for bypass, passthrough endpoints cannot bypass.
+        let mut v = Backend::<()>::new(&fd, HwptFlags::empty());
+        v.add_endpoint(3, &dev, vec![]).expect("endpoint");
+        assert!(matches!(
+            v.set_unattached_bypass(true),
+            Err(ShadowError::Unsupported { .. })
+        ));
+        assert!(!v.unattached_bypass(), "unchanged");
+        drop(v);
+
+        let mut v = Backend::new(&fd, HwptFlags::empty()).with_bypass(&ram_ioas);
+        v.add_endpoint(3, &dev, vec![]).expect("endpoint");
+        let ep = v
+            .add_emulated_endpoint(5, vec![])
+            .expect("emulated endpoint");
+        let dma = IommuMemory::new(ram.clone(), ep.clone(), true, ());
+        let mut buf = vec![0u8; LEN];
+        assert!(!identity(&edu, 1), "blocked: no domain, no bypass");
+        assert!(untouched(&ram, GPA));
+        assert!(dma.read_slice(&mut buf, GuestAddress(GPA)).is_err());
+
+        // Boot bypass: both reach guest RAM at IOVA = GPA.
+        v.set_unattached_bypass(true).expect("bypass");
+        assert!(identity(&edu, 2), "edu bypasses");
+        dma.read_slice(&mut buf, GuestAddress(GPA))
+            .expect("bypass read");
+        assert_eq!(buf, pattern(2), "the device model reads what edu wrote");
+
+        // The driver attaches edu to a domain: translated, no more bypass.
+        assert_eq!(send(&mut v, &ram, &attach(7, 3)), Status::Ok as u8);
+        assert_eq!(
+            send(&mut v, &ram, &map(7, 4 * MB, 4 * KB, GPA, 3)),
+            Status::Ok as u8
+        );
+        assert_eq!(
+            send(&mut v, &ram, &map(7, 8 * MB, 4 * KB, SRC, 1)),
+            Status::Ok as u8
+        );
+        assert!(dma_write(&edu, &ram, (8 * MB, SRC), 4 * MB, GPA, 3));
+        assert!(!identity(&edu, 4), "IOVA = GPA is not mapped in domain 7");
+        assert!(untouched(&ram, GPA));
+        // DETACH: back to bypass, and the domain goes.
+        assert_eq!(send(&mut v, &ram, &detach(7, 3)), Status::Ok as u8);
+        assert!(v.domain_ids().is_empty());
+        assert!(identity(&edu, 5), "bypass again after DETACH");
+
+        // The driver clears the config's bypass: blocked.
+        v.set_unattached_bypass(false).expect("no bypass");
+        assert!(!identity(&edu, 6));
+        assert!(untouched(&ram, GPA));
+        assert_eq!(ep.mode(), EndpointMode::Blocked);
+        // On again, then unplug: the device is detached, not left in bypass.
+        v.set_unattached_bypass(true).expect("bypass");
+        assert!(dev.attached_to().is_some());
+        v.remove_endpoint(3).expect("unplug");
+        assert!(dev.attached_to().is_none(), "unplugged: detached");
+        assert!(!identity(&edu, 7));
+        drop((edu, ram_sync));
     }
 }

@@ -65,7 +65,8 @@ struct Endpoint {
 /// - ATTACH creates the domain if needed and moves the endpoint from the domain it
 ///   was in; a domain whose last endpoint leaves is destroyed with its mappings
 ///   (as the Linux driver expects).
-/// - A detached endpoint's DMA is blocked.
+/// - A detached endpoint's DMA is blocked, unless endpoints in no domain bypass
+///   ([`Backend::set_unattached_bypass`], the config's `bypass` field).
 /// - Bypass domains (`VIRTIO_IOMMU_ATTACH_F_BYPASS`) attach their endpoints to the
 ///   page table given to [`Backend::with_bypass`] (the VMM's IOAS of guest RAM at
 ///   IOVA = GPA); without one they are `UNSUPP` for passthrough devices.
@@ -100,6 +101,8 @@ pub struct Backend<B: Bitmap + Send + Sync + 'static = ()> {
     endpoints: BTreeMap<u32, Endpoint>,
     /// Dirty tracking is on (new domains get it too).
     tracking: bool,
+    /// Endpoints in no domain bypass (else their DMA is blocked).
+    unattached_bypass: bool,
 }
 
 impl<B: Bitmap + Send + Sync + 'static> Drop for Backend<B> {
@@ -135,6 +138,7 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
             domains: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             tracking: false,
+            unattached_bypass: false,
         }
     }
 
@@ -146,7 +150,8 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
 
     /// Puts a device behind the vIOMMU as endpoint `id`, with the reserved regions
     /// a PROBE reports for it. It stays attached where it is until the guest
-    /// attaches it.
+    /// attaches it (if endpoints in no domain bypass, it is attached to the
+    /// bypass page table now).
     pub fn add_endpoint(
         &mut self,
         id: u32,
@@ -187,6 +192,9 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
         if self.endpoints.contains_key(&id) {
             return Err(ShadowError::EndpointExists { endpoint: id });
         }
+        if self.unattached_bypass {
+            self.park(&kind)?;
+        }
         self.endpoints.insert(
             id,
             Endpoint {
@@ -207,7 +215,7 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
             Some(Kind::Device(_)) => {}
             _ => return Err(ShadowError::UnknownEndpoint { endpoint: id }),
         }
-        self.leave(id)?;
+        self.leave(id, false)?;
         match self.endpoints.remove(&id).map(|e| e.kind) {
             Some(Kind::Device(dev)) => Ok(dev),
             _ => Err(ShadowError::UnknownEndpoint { endpoint: id }),
@@ -222,7 +230,7 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
             Some(Kind::Emulated(_)) => {}
             _ => return Err(ShadowError::UnknownEndpoint { endpoint: id }),
         }
-        self.leave(id)?;
+        self.leave(id, false)?;
         match self.endpoints.remove(&id).map(|e| e.kind) {
             Some(Kind::Emulated(ep)) => Ok(ep),
             _ => Err(ShadowError::UnknownEndpoint { endpoint: id }),
@@ -315,7 +323,7 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
                 if ep.domain != Some(domain) {
                     return Err(ShadowError::NotAttached { endpoint, domain });
                 }
-                self.leave(endpoint)
+                self.leave(endpoint, true)
             }
             Request::Map {
                 domain,
@@ -469,21 +477,98 @@ impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
         Ok(())
     }
 
-    /// Detaches endpoint `id` from its domain, if it is in one.
-    fn leave(&mut self, id: u32) -> Result<(), ShadowError> {
+    /// Takes endpoint `id` out of its domain: to where endpoints in no domain
+    /// go (`park`), or blocked (an unplug).
+    fn leave(&mut self, id: u32, park: bool) -> Result<(), ShadowError> {
         let Some(ep) = self.endpoints.get(&id) else {
             return Err(ShadowError::UnknownEndpoint { endpoint: id });
         };
-        let Some(domain) = ep.domain else {
-            return Ok(());
-        };
-        match &ep.kind {
-            Kind::Device(dev) => dev.detach()?,
-            Kind::Emulated(ep) => ep.block(),
+        let (kind, domain) = (ep.kind.clone(), ep.domain);
+        match (domain, park) {
+            // In no domain, and staying where endpoints in no domain are.
+            (None, true) => return Ok(()),
+            (None, false) if !self.unattached_bypass => return Ok(()),
+            (_, true) => self.park(&kind)?,
+            (_, false) => Self::block(&kind)?,
         }
-        self.forget(id, domain);
+        if let Some(domain) = domain {
+            self.forget(id, domain);
+        }
         if let Some(ep) = self.endpoints.get_mut(&id) {
             ep.domain = None;
+        }
+        Ok(())
+    }
+
+    /// Sends an endpoint in no domain where such endpoints go: the bypass page
+    /// table, or nowhere.
+    fn park(&self, kind: &Kind) -> Result<(), ShadowError> {
+        if !self.unattached_bypass {
+            return Self::block(kind);
+        }
+        match kind {
+            Kind::Device(dev) => match &self.bypass {
+                Some(pt) => dev.attach(pt.clone()).map(drop).map_err(ShadowError::from),
+                None => Err(ShadowError::Unsupported {
+                    what: "bypass for passthrough devices without a page table",
+                }),
+            },
+            Kind::Emulated(ep) => {
+                ep.bypass();
+                Ok(())
+            }
+        }
+    }
+
+    /// Blocks an endpoint's DMA.
+    fn block(kind: &Kind) -> Result<(), ShadowError> {
+        match kind {
+            Kind::Device(dev) if dev.attached_to().is_some() => dev.detach()?,
+            Kind::Device(_) => {}
+            Kind::Emulated(ep) => ep.block(),
+        }
+        Ok(())
+    }
+
+    /// Whether endpoints in no domain bypass the vIOMMU (see
+    /// [`Backend::set_unattached_bypass`]).
+    pub fn unattached_bypass(&self) -> bool {
+        self.unattached_bypass
+    }
+
+    /// Sets what endpoints in no domain do: bypass the vIOMMU (passthrough
+    /// devices attached to the page table given to [`Backend::with_bypass`],
+    /// emulated ones reaching guest RAM at IOVA = GPA) or have their DMA blocked
+    /// (the default), and moves the endpoints in no domain now. This is the
+    /// `bypass` field of the device configuration
+    /// (`VIRTIO_IOMMU_F_BYPASS_CONFIG`): a VMM turns it on at reset so firmware
+    /// and a guest without the driver can do DMA (as QEMU's `boot-bypass`), and
+    /// sets it as the driver writes it. Endpoints added or detached later follow
+    /// it too.
+    ///
+    /// Turning it on without a bypass page table while passthrough endpoints
+    /// exist is [`ShadowError::Unsupported`], and changes nothing; so is adding
+    /// a passthrough endpoint later. If the kernel refuses to move an
+    /// endpoint, the error is returned and the endpoints after it are not moved.
+    pub fn set_unattached_bypass(&mut self, on: bool) -> Result<(), ShadowError> {
+        let devices = self
+            .endpoints
+            .values()
+            .any(|e| matches!(e.kind, Kind::Device(_)));
+        if on && devices && self.bypass.is_none() {
+            return Err(ShadowError::Unsupported {
+                what: "bypass for passthrough devices without a page table",
+            });
+        }
+        self.unattached_bypass = on;
+        let idle: Vec<Kind> = self
+            .endpoints
+            .values()
+            .filter(|e| e.domain.is_none())
+            .map(|e| e.kind.clone())
+            .collect();
+        for kind in &idle {
+            self.park(kind)?;
         }
         Ok(())
     }
