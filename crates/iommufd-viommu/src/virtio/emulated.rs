@@ -53,6 +53,11 @@ struct Inner {
 /// view, which the back end updates before it answers each request: once an
 /// UNMAP or DETACH is answered, no access through a clone reaches the memory.
 ///
+/// Dirty pages: with the IOMMU on, `IommuMemory` marks a device model's writes
+/// in its own bitmap, by IOVA, not in the guest memory regions' bitmaps. A VMM
+/// that migrates either writes through guest memory at the GPAs
+/// [`Iommu::translate`] gives, or marks the GPAs of that bitmap's pages itself.
+///
 /// The view holds all of the domain's mappings (it is not a cache that misses);
 /// a lookup that fails names an address the guest did not map, or mapped
 /// without the access asked for. The last byte of the 64-bit space is never
