@@ -642,3 +642,140 @@ impl<B: Bitmap + DirtySink + Send + Sync + 'static> Backend<B> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The back end's bookkeeping of emulated endpoints, bypass domains and the
+    //! config's bypass: none of it issues an ioctl, so it runs on the host over
+    //! `/dev/null` (which answers every ioctl `ENOTTY`). Everything that reaches
+    //! the kernel is tested in the guest lab (`tests/shadow.rs`).
+
+    use std::fs::File;
+
+    use iommufd::vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+    use crate::virtio::EndpointMode;
+
+    fn null() -> Iommufd {
+        let file = File::open("/dev/null").expect("/dev/null");
+        // SAFETY: /dev/null answers every ioctl with ENOTTY and touches no memory.
+        unsafe { Iommufd::from_owned_fd_unchecked(file.into()) }
+    }
+
+    fn attach(domain: u32, endpoint: u32, bypass: bool) -> Vec<u8> {
+        let mut b = vec![1, 0, 0, 0];
+        b.extend(domain.to_le_bytes());
+        b.extend(endpoint.to_le_bytes());
+        b.extend(u32::from(bypass).to_le_bytes());
+        b.extend([0; 4]);
+        b
+    }
+
+    fn detach(domain: u32, endpoint: u32) -> Vec<u8> {
+        let mut b = attach(domain, endpoint, false);
+        b[0] = 2;
+        b
+    }
+
+    fn map(domain: u32) -> Vec<u8> {
+        let mut b = vec![3, 0, 0, 0];
+        b.extend(domain.to_le_bytes());
+        b.extend(0x1000u64.to_le_bytes());
+        b.extend(0x1fffu64.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend(3u32.to_le_bytes());
+        b
+    }
+
+    fn send(v: &mut Backend, ram: &GuestMemoryMmap, req: &[u8]) -> Status {
+        let mut tail = [0xffu8; 4];
+        assert_eq!(v.request(ram, req, &mut tail), 4);
+        [
+            Status::Ok,
+            Status::IoErr,
+            Status::Unsupp,
+            Status::DevErr,
+            Status::Inval,
+            Status::Range,
+            Status::NoEnt,
+            Status::Fault,
+            Status::NoMem,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == tail[0])
+        .expect("a status")
+    }
+
+    #[test]
+    fn emulated_endpoints_in_bypass_domains_and_in_none() {
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut v = Backend::new(&null(), HwptFlags::empty());
+        let msi = ResvMem {
+            msi: true,
+            start: 0x800_0000,
+            end: 0x80f_ffff,
+        };
+        let ep = v.add_emulated_endpoint(5, vec![msi]).unwrap();
+        assert!(matches!(
+            v.add_emulated_endpoint(5, vec![]),
+            Err(ShadowError::EndpointExists { endpoint: 5 })
+        ));
+        assert_eq!(ep.mode(), EndpointMode::Blocked);
+
+        // A bypass domain needs no page table for a device model.
+        assert_eq!(send(&mut v, &ram, &attach(8, 5, true)), Status::Ok);
+        assert_eq!((ep.mode(), v.domain_of(5)), (EndpointMode::Bypass, Some(8)));
+        assert!(v.domain(8).is_none(), "not a mapped domain");
+        assert_eq!(send(&mut v, &ram, &map(8)), Status::Inval, "MAP on bypass");
+        assert_eq!(send(&mut v, &ram, &attach(8, 5, false)), Status::Inval);
+        assert_eq!(send(&mut v, &ram, &detach(8, 5)), Status::Ok);
+        assert_eq!((ep.mode(), v.domain_of(5)), (EndpointMode::Blocked, None));
+        assert!(v.domain_ids().is_empty(), "gone with its endpoint");
+
+        // The config's bypass: endpoints in no domain, now and later.
+        v.set_unattached_bypass(true).unwrap();
+        assert!(v.unattached_bypass());
+        assert_eq!(ep.mode(), EndpointMode::Bypass);
+        let six = v.add_emulated_endpoint(6, vec![]).unwrap();
+        assert_eq!(six.mode(), EndpointMode::Bypass, "added while bypass is on");
+        assert_eq!(send(&mut v, &ram, &attach(9, 6, true)), Status::Ok);
+        assert_eq!(send(&mut v, &ram, &detach(9, 6)), Status::Ok);
+        assert_eq!(
+            six.mode(),
+            EndpointMode::Bypass,
+            "DETACH leaves it bypassing"
+        );
+        // Unplug blocks it, through the right call only.
+        assert!(matches!(
+            v.remove_endpoint(6),
+            Err(ShadowError::UnknownEndpoint { endpoint: 6 })
+        ));
+        assert_eq!(six.mode(), EndpointMode::Bypass, "unchanged");
+        assert!(v.remove_emulated_endpoint(6).unwrap().same(&six));
+        assert_eq!(six.mode(), EndpointMode::Blocked);
+        assert!(v.remove_emulated_endpoint(6).is_err());
+
+        // A mapped domain needs an IOAS, which /dev/null cannot give: refused,
+        // and nothing changes.
+        assert_eq!(send(&mut v, &ram, &attach(7, 5, false)), Status::DevErr);
+        assert!(v.domain_ids().is_empty());
+        assert_eq!((ep.mode(), v.domain_of(5)), (EndpointMode::Bypass, None));
+
+        // PROBE names the endpoint's reserved region.
+        let mut probe = vec![5, 0, 0, 0];
+        probe.extend(5u32.to_le_bytes());
+        probe.extend([0u8; 64]);
+        let mut answer = vec![0xffu8; 24 + 4];
+        assert_eq!(v.request(&ram, &probe, &mut answer), 28);
+        assert_eq!((answer[24], answer[4]), (Status::Ok as u8, 1), "MSI");
+
+        v.set_unattached_bypass(false).unwrap();
+        assert_eq!(ep.mode(), EndpointMode::Blocked);
+        // A view kept after the back end is gone reaches nothing.
+        assert_eq!(send(&mut v, &ram, &attach(8, 5, true)), Status::Ok);
+        assert_eq!(ep.mode(), EndpointMode::Bypass);
+        drop(v);
+        assert_eq!(ep.mode(), EndpointMode::Blocked);
+    }
+}
