@@ -708,6 +708,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "ioctls on /dev/null, which Miri does not run")]
     fn emulated_endpoints_in_bypass_domains_and_in_none() {
         let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut v = Backend::new(&null(), HwptFlags::empty());
