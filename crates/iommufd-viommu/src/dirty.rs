@@ -16,7 +16,8 @@ use crate::iova_map::PAGE_SIZE;
 /// `GuestRegionMmap<B>`).
 ///
 /// Implemented for vm-memory's [`AtomicBitmap`] (one atomic update per run of
-/// dirty pages) and for [`DirtyLog`] (word-wise, at memory speed).
+/// dirty pages), for [`DirtyLog`] (word-wise, at memory speed) and for `()`
+/// (vm-memory's bitmap of regions nobody tracks: the pages are not recorded).
 pub trait DirtySink {
     /// Marks dirty page `page + i` (of 4 KiB, from the start of the region) for
     /// each bit `bit + i` set in `words`, `i` below `pages`.
@@ -48,6 +49,10 @@ fn runs(words: &[u64], bit: u64, n: u64, mut f: impl FnMut(u64, u64)) {
         }
         f(start - bit, i - start);
     }
+}
+
+impl DirtySink for () {
+    fn merge_dirty(&self, _page: u64, _words: &[u64], _bit: u64, _pages: u64) {}
 }
 
 impl DirtySink for AtomicBitmap {
@@ -303,6 +308,25 @@ pub(crate) fn harvest<S: DirtySink + ?Sized>(
     Ok(total)
 }
 
+/// Marks every page of every run dirty in the pieces' bitmaps: what is left when
+/// the dirty bits cannot be read, as the kernel is about to forget them.
+pub(crate) fn mark_all<S: DirtySink + ?Sized>(runs: &[Harvest<'_, S>]) {
+    // A bounded buffer of set bits, however long the piece.
+    const WORDS: u64 = 1024;
+    let ones = [u64::MAX; WORDS as usize];
+    for r in runs {
+        for (len, sink, page) in &r.pieces {
+            let n = len / PAGE_SIZE;
+            let mut done = 0;
+            while done < n {
+                let step = (n - done).min(WORDS * 64);
+                sink.merge_dirty(page + done, &ones, 0, step);
+                done += step;
+            }
+        }
+    }
+}
+
 /// Groups `(iova, len, sink, page)` pieces (in IOVA order) into runs without
 /// holes.
 pub(crate) fn group<'a, S: ?Sized>(
@@ -401,6 +425,26 @@ mod tests {
         );
         assert_eq!((runs[1].iova, runs[1].len), (0x8000, 0x1000));
         assert!(group::<DirtyLog>([]).is_empty());
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "70,000 pages: slow under Miri, and no pointer code")]
+    fn mark_all_marks_exactly_the_pieces_however_long() {
+        let (a, b) = (DirtyLog::new(1 << 30), DirtyLog::new(1 << 20));
+        // 70,000 pages from page 3 of `a` (past one buffer of set bits), then
+        // 2 pages from page 7 of `b`; a second run of 1 page of `a`.
+        let runs = group([
+            (0x1000, 70_000 * PAGE_SIZE, &a, 3),
+            (0x1000 + 70_000 * PAGE_SIZE, 2 * PAGE_SIZE, &b, 7),
+            (1 << 40, PAGE_SIZE, &a, 100_000),
+        ]);
+        mark_all(&runs);
+        assert_eq!(a.count(), 70_001);
+        assert!(!a.is_dirty(2) && a.is_dirty(3) && a.is_dirty(70_002));
+        assert!(!a.is_dirty(70_003) && a.is_dirty(100_000));
+        assert_eq!(b.count(), 2);
+        assert!(b.is_dirty(7) && b.is_dirty(8) && !b.is_dirty(9));
+        ().merge_dirty(0, &[u64::MAX], 0, 64); // untracked regions: nothing to do
     }
 
     #[test]

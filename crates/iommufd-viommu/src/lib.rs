@@ -90,7 +90,10 @@
 //! (`GuestMemoryMmap<DirtyLog>`, or vm-memory's `AtomicBitmap`), turn on dirty
 //! tracking, and each round harvest device writes into the regions' bitmaps: by
 //! IOVA = GPA for the shared IOAS, translated through the shadow mappings for
-//! virtio-iommu domains. Read the bitmaps as usual.
+//! virtio-iommu domains. Read the bitmaps as usual. Between rounds the guest
+//! may unmap what a device wrote: the kernel forgets the dirty bits of what it
+//! unmaps, so a shadow domain reads them into the bitmaps first (at the UNMAP,
+//! the DETACH that ends a domain, or the domain's drop).
 //!
 //! ```no_run
 //! use iommufd::vm_memory::{GuestMemoryBackend, GuestMemoryMmap};

@@ -215,14 +215,14 @@ type Backing<B> = Option<Mapping<MmapSlice<B>>>;
 /// assert_eq!(domain.translate(0xffff_2000), Some((0x10_2000, MapFlags::RW)));
 /// # Ok(()) }
 /// ```
-pub struct ShadowDomain<B: Bitmap + Send + Sync + 'static = ()> {
+pub struct ShadowDomain<B: Bitmap + DirtySink + Send + Sync + 'static = ()> {
     map: IovaMap<Backing<B>>,
     shared: SharedIoas,
     ioas: Ioas,
     endpoints: Vec<Device>,
 }
 
-impl<B: Bitmap + Send + Sync + 'static> fmt::Debug for ShadowDomain<B> {
+impl<B: Bitmap + DirtySink + Send + Sync + 'static> fmt::Debug for ShadowDomain<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShadowDomain")
             .field("ioas", &self.ioas.id())
@@ -235,7 +235,7 @@ impl<B: Bitmap + Send + Sync + 'static> fmt::Debug for ShadowDomain<B> {
     }
 }
 
-impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
+impl<B: Bitmap + DirtySink + Send + Sync + 'static> ShadowDomain<B> {
     /// A domain shadowed in `ioas` (empty, used by nothing else); devices are
     /// attached through HWPTs allocated with `flags` (e.g.
     /// [`HwptFlags::DIRTY_TRACKING`] for migration), shared where their IOMMUs allow.
@@ -353,11 +353,22 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
     /// the kernel refuses to unmap stays in the domain, whole, and its error is
     /// returned after the others were done: the domain's mappings stay what the
     /// kernel holds.
+    ///
+    /// With dirty tracking on, what the devices wrote through the mappings cut
+    /// is marked in guest memory's bitmaps first (the kernel forgets the dirty
+    /// bits of what it unmaps); so do [`ShadowDomain::clear`] and dropping the
+    /// domain.
     pub fn unmap(&mut self, iova: u64, len: u64) -> Result<u64, ShadowError> {
         check_range("unmap", iova, len)?;
         let last = iova + (len - 1);
         let mut cuts = Vec::new();
         self.map.cut_into(iova, len, &mut cuts)?;
+        // Every mapping cut is unmapped whole (what is left of it is mapped
+        // again): its dirty bits go to guest memory first.
+        self.keep_dirty(cuts.iter().filter_map(|c| {
+            let m = c.payload.as_ref()?;
+            Some((&c.extent, m.memory()))
+        }));
         // The kernel, in one ioctl for every kernel mapping involved: they lie
         // between the first and the last backed extent cut, and nothing else does.
         let mut backed = cuts
@@ -461,6 +472,7 @@ impl<B: Bitmap + Send + Sync + 'static> ShadowDomain<B> {
         if self.map.is_empty() {
             return Ok(0);
         }
+        self.keep_all_dirty();
         self.ioas.unmap_all()?;
         Ok(self.map.drain().iter().map(|(e, _)| e.len).sum())
     }
@@ -577,6 +589,50 @@ impl<B: Bitmap + DirtySink + Send + Sync + 'static> ShadowDomain<B> {
         self.shared.set_dirty_tracking(on)
     }
 
+    /// Whether dirty tracking is on ([`ShadowDomain::set_dirty_tracking`]).
+    pub fn dirty_tracking(&self) -> bool {
+        self.shared.dirty_tracking()
+    }
+
+    /// With dirty tracking on, marks the pages the devices wrote through the
+    /// kernel mappings of `extents` (in IOVA order) in guest memory's bitmaps,
+    /// before those mappings go: the kernel forgets the dirty bits of what it
+    /// unmaps, and a migration would miss the writes. Should the bits not be
+    /// read, every page of the extents is marked: a page sent twice costs less
+    /// than a page lost.
+    fn keep_dirty<'a>(&self, extents: impl Iterator<Item = (&'a Extent, &'a MmapSlice<B>)>) {
+        if !self.shared.dirty_tracking() {
+            return;
+        }
+        let runs = dirty::group(extents.map(|(e, slice)| {
+            (
+                e.iova,
+                e.len,
+                slice.region().bitmap(),
+                slice.offset() / crate::PAGE_SIZE,
+            )
+        }));
+        if runs.is_empty() {
+            return;
+        }
+        if let Err(e) = dirty::harvest(&self.shared.hwpts(), &runs, DirtyReadFlags::empty()) {
+            log::warn!(
+                "iommufd-viommu: reading dirty bits before unmapping from {}: {e}; every page counts as written",
+                self.ioas.id()
+            );
+            dirty::mark_all(&runs);
+        }
+    }
+
+    /// [`ShadowDomain::keep_dirty`] for every mapping of the domain.
+    fn keep_all_dirty(&self) {
+        self.keep_dirty(
+            self.map
+                .iter()
+                .filter_map(|(e, m)| Some((e, m.as_ref()?.memory()))),
+        );
+    }
+
     /// Reads which pages the domain's devices wrote and marks them, translated
     /// to guest-physical addresses through the domain's mappings, in the dirty
     /// bitmaps of the guest memory regions behind them. One
@@ -596,10 +652,11 @@ impl<B: Bitmap + DirtySink + Send + Sync + 'static> ShadowDomain<B> {
     }
 }
 
-impl<B: Bitmap + Send + Sync + 'static> Drop for ShadowDomain<B> {
+impl<B: Bitmap + DirtySink + Send + Sync + 'static> Drop for ShadowDomain<B> {
     fn drop(&mut self) {
         // One ioctl rather than one per mapping.
         if self.kernel_mappings() > 0 {
+            self.keep_all_dirty();
             if let Err(e) = self.ioas.unmap_all() {
                 log::warn!(
                     "iommufd-viommu: emptying {} of a dropped domain: {e}",

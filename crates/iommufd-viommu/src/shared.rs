@@ -125,6 +125,11 @@ impl SharedIoas {
         Ok(())
     }
 
+    /// Whether dirty tracking is on ([`SharedIoas::set_dirty_tracking`]).
+    pub fn dirty_tracking(&self) -> bool {
+        self.lock().tracking
+    }
+
     /// Forgets the HWPTs no device uses any more (they are destroyed); returns how
     /// many.
     pub fn prune(&self) -> usize {

@@ -181,18 +181,149 @@ mod mock {
             [17 * MB - 0x3000, 20 * MB + 0x1_1000],
             "at the GPAs"
         );
-        // A page unmapped since it was written is not reported.
-        dma_writes(&hwpt, &[16 * MB + 0x2000]);
-        domain.unmap(16 * MB + 0x2000, 0x1000).expect("unmap");
-        ram.iter()
-            .for_each(|r| drop(r.get_mmap().bitmap().get_and_reset()));
+        // Written, then unmapped before the next harvest: the kernel forgets
+        // the dirty bits of what it unmaps, so the domain reads them first. The
+        // middle page of the first mapping goes, and the mapping is unmapped
+        // whole and its two ends mapped again: a write to an end survives too.
+        assert!(domain.dirty_tracking());
+        reset(&ram);
+        dma_writes(
+            &hwpt,
+            &[16 * MB + 0x2000, 16 * MB + 0x3000, 16 * MB + 0x4000],
+        );
+        assert_eq!(
+            domain.unmap(16 * MB + 0x2000, 0x1000).expect("unmap"),
+            0x1000
+        );
+        assert_eq!(
+            dirty_gpas(&ram),
+            [17 * MB - 0x2000, 17 * MB - 0x1000],
+            "marked at the unmap: the page unmapped and the end mapped again"
+        );
         assert_eq!(
             domain
                 .harvest_dirty(DirtyReadFlags::empty())
                 .expect("harvest"),
-            0
+            1,
+            "the second mapping's page; the first's were read (and cleared) at the unmap"
         );
-        assert!(dirty_gpas(&ram).is_empty());
+        assert_eq!(
+            dirty_gpas(&ram),
+            [17 * MB - 0x2000, 17 * MB - 0x1000, 20 * MB + 0x1_0000]
+        );
+        reset(&ram);
+        // Emptying the domain, and dropping it, keep what was written too.
+        dma_writes(&hwpt, &[16 * MB + 0x5000]);
+        assert_eq!(domain.clear().expect("clear"), 0x5000);
+        assert_eq!(
+            dirty_gpas(&ram),
+            [20 * MB + 0x1_1000],
+            "marked at the clear"
+        );
+        reset(&ram);
+        domain
+            .map(&ram, 16 * MB, 16 * MB + 0x8000, 0x1000, MapFlags::RW)
+            .expect("map");
+        dma_writes(&hwpt, &[16 * MB]);
+        drop(domain);
+        assert_eq!(dirty_gpas(&ram), [16 * MB + 0x8000], "marked at the drop");
+        drop(mock);
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn virtio_iommu_unmap_and_a_dropped_domain_keep_what_devices_wrote() {
+        use iommufd_viommu::virtio::{Backend, MapFlags as VirtioFlags, Request};
+        let fd = open();
+        let ram = ram::<DirtyLog>();
+        let parking = split_ioas(&fd);
+        let mock = MockDevice::alloc(&parking, MockDeviceFlags::empty(), 1).expect("mock");
+        let mut v = Backend::<DirtyLog>::new(&fd, HwptFlags::DIRTY_TRACKING);
+        v.add_endpoint(1, mock.device(), vec![]).expect("endpoint");
+        v.set_dirty_tracking(true).expect("tracking on");
+        let mut run = |req: Request| v.execute(&ram, &req, &mut []);
+        run(Request::Attach {
+            domain: 7,
+            endpoint: 1,
+            bypass: false,
+        })
+        .expect("ATTACH");
+        // IOVA 16 MiB -> the last 16 KiB of the first region.
+        let rw = VirtioFlags {
+            read: true,
+            write: true,
+            mmio: false,
+        };
+        run(Request::Map {
+            domain: 7,
+            virt_start: 16 * MB,
+            virt_end: 16 * MB + 0x3fff,
+            phys_start: 17 * MB - 0x4000,
+            flags: rw,
+        })
+        .expect("MAP");
+        let hwpt = v.domain(7).and_then(|d| d.hwpts().pop()).expect("a HWPT");
+        // Harvested in a round.
+        dma_writes(&hwpt, &[16 * MB]);
+        assert_eq!(
+            v.harvest_dirty(DirtyReadFlags::empty()).expect("harvest"),
+            1
+        );
+        assert_eq!(dirty_gpas(&ram), [17 * MB - 0x4000]);
+        reset(&ram);
+        // Written, then unmapped by the guest before the next round.
+        dma_writes(&hwpt, &[16 * MB + 0x1000]);
+        let mut run = |req: Request| v.execute(&ram, &req, &mut []);
+        run(Request::Unmap {
+            domain: 7,
+            virt_start: 16 * MB + 0x1000,
+            virt_end: 16 * MB + 0x1fff,
+        })
+        .expect("UNMAP");
+        assert_eq!(dirty_gpas(&ram), [17 * MB - 0x3000], "marked at the UNMAP");
+        // Written, then the last endpoint moves to another domain and this one
+        // goes with its mappings (the mock device cannot be detached: DETACH
+        // takes the same path).
+        dma_writes(&hwpt, &[16 * MB + 0x3000]);
+        run(Request::Attach {
+            domain: 8,
+            endpoint: 1,
+            bypass: false,
+        })
+        .expect("ATTACH elsewhere");
+        assert!(v.domain(7).is_none(), "the domain is gone");
+        assert_eq!(
+            dirty_gpas(&ram),
+            [17 * MB - 0x3000, 17 * MB - 0x1000],
+            "marked when the domain went"
+        );
+        drop(v);
+        drop(mock);
+    }
+
+    /// Empties the regions' bitmaps.
+    fn reset(ram: &GuestMemoryMmap<DirtyLog>) {
+        ram.iter()
+            .for_each(|r| drop(r.get_mmap().bitmap().get_and_reset()));
+    }
+
+    #[test]
+    #[ignore = "guest lab: needs /dev/iommu with CONFIG_IOMMUFD_TEST (cargo xtask vmtest)"]
+    fn shadow_domain_without_tracking_reads_no_dirty_bits_at_unmap() {
+        let fd = open();
+        let ram = ram::<DirtyLog>();
+        let mut domain = ShadowDomain::new(split_ioas(&fd), HwptFlags::DIRTY_TRACKING);
+        let mock = MockDevice::alloc(domain.ioas(), MockDeviceFlags::empty(), 1).expect("mock");
+        domain.attach(mock.device()).expect("attach");
+        domain
+            .map(&ram, 16 * MB, 17 * MB - 0x4000, 0x4000, MapFlags::RW)
+            .expect("map");
+        assert!(!domain.dirty_tracking());
+        domain.unmap(16 * MB + 0x1000, 0x1000).expect("unmap");
+        assert!(
+            dirty_gpas(&ram).is_empty(),
+            "nothing tracked, nothing marked"
+        );
         drop(mock);
     }
 }

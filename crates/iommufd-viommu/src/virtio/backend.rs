@@ -16,7 +16,7 @@ use crate::shadow::{ReplayReport, ShadowDomain, ShadowError};
 /// A guest domain: shadowed mappings (passthrough devices attached in the
 /// kernel, emulated ones given the mappings), or bypass (devices' DMA goes to
 /// the page table the backend was given for that).
-enum Domain<B: Bitmap + Send + Sync + 'static> {
+enum Domain<B: Bitmap + DirtySink + Send + Sync + 'static> {
     Mapped {
         shadow: ShadowDomain<B>,
         emulated: Vec<EmulatedEndpoint>,
@@ -24,7 +24,7 @@ enum Domain<B: Bitmap + Send + Sync + 'static> {
     Bypass(Vec<u32>),
 }
 
-impl<B: Bitmap + Send + Sync + 'static> Domain<B> {
+impl<B: Bitmap + DirtySink + Send + Sync + 'static> Domain<B> {
     fn is_empty(&self) -> bool {
         match self {
             Domain::Mapped { shadow, emulated } => {
@@ -93,7 +93,7 @@ struct Endpoint {
 /// // ... return the descriptor chain with `used` bytes written ...
 /// # Ok(()) }
 /// ```
-pub struct Backend<B: Bitmap + Send + Sync + 'static = ()> {
+pub struct Backend<B: Bitmap + DirtySink + Send + Sync + 'static = ()> {
     fd: Iommufd,
     flags: HwptFlags,
     bypass: Option<PageTable>,
@@ -105,7 +105,7 @@ pub struct Backend<B: Bitmap + Send + Sync + 'static = ()> {
     unattached_bypass: bool,
 }
 
-impl<B: Bitmap + Send + Sync + 'static> Drop for Backend<B> {
+impl<B: Bitmap + DirtySink + Send + Sync + 'static> Drop for Backend<B> {
     fn drop(&mut self) {
         // Device models may keep their views: with the vIOMMU gone, they reach
         // nothing, as passthrough devices reach nothing once the domains'
@@ -118,7 +118,7 @@ impl<B: Bitmap + Send + Sync + 'static> Drop for Backend<B> {
     }
 }
 
-impl<B: Bitmap + Send + Sync + 'static> fmt::Debug for Backend<B> {
+impl<B: Bitmap + DirtySink + Send + Sync + 'static> fmt::Debug for Backend<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Backend")
             .field("domains", &self.domains.keys().collect::<Vec<_>>())
@@ -127,7 +127,7 @@ impl<B: Bitmap + Send + Sync + 'static> fmt::Debug for Backend<B> {
     }
 }
 
-impl<B: Bitmap + Send + Sync + 'static> Backend<B> {
+impl<B: Bitmap + DirtySink + Send + Sync + 'static> Backend<B> {
     /// A device with no endpoints. Domains get an IOAS of `fd` each, and their
     /// devices HWPTs allocated with `flags` (e.g. [`HwptFlags::DIRTY_TRACKING`]).
     pub fn new(fd: &Iommufd, flags: HwptFlags) -> Self {
