@@ -190,6 +190,38 @@ impl DirtyLog {
     }
 }
 
+/// `dst[i] |= src[i]` over the shorter of the two.
+fn or_words(dst: &mut [u64], src: &[u64]) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, the only requirement of `or_words_avx2`.
+        unsafe { or_words_avx2(dst, src) };
+        return;
+    }
+    or_words_plain(dst, src);
+}
+
+#[inline(always)]
+fn or_words_plain(dst: &mut [u64], src: &[u64]) {
+    // Vectorized by the compiler, in the widest registers it may use.
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d |= *s;
+    }
+}
+
+/// [`or_words_plain`] compiled for AVX2: 32-byte vectors, twice the
+/// baseline's 16, which keeps a merge near a `memcpy` (glibc's uses the widest
+/// registers the CPU has).
+///
+/// # Safety
+///
+/// The CPU must have AVX2.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[target_feature(enable = "avx2")]
+unsafe fn or_words_avx2(dst: &mut [u64], src: &[u64]) {
+    or_words_plain(dst, src);
+}
+
 impl DirtySink for DirtyLog {
     fn merge_dirty(&self, page: u64, words: &[u64], bit: u64, pages: u64) {
         let pages = pages.min(self.pages.saturating_sub(page));
@@ -203,9 +235,7 @@ impl DirtySink for DirtyLog {
             // boundaries): a plain OR of whole words, which the compiler vectorizes.
             let (dst, src) = ((page / 64) as usize, (bit / 64) as usize);
             let full = ((pages / 64) as usize).min(words.len().saturating_sub(src));
-            for (d, s) in dma[dst..dst + full].iter_mut().zip(&words[src..src + full]) {
-                *d |= *s;
-            }
+            or_words(&mut dma[dst..dst + full], &words[src..src + full]);
             let done = full as u64 * 64;
             (page, bit, pages) = (page + done, bit + done, pages - done);
         }
