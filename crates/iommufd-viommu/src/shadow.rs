@@ -365,10 +365,7 @@ impl<B: Bitmap + DirtySink + Send + Sync + 'static> ShadowDomain<B> {
         self.map.cut_into(iova, len, &mut cuts)?;
         // Every mapping cut is unmapped whole (what is left of it is mapped
         // again): its dirty bits go to guest memory first.
-        self.keep_dirty(cuts.iter().filter_map(|c| {
-            let m = c.payload.as_ref()?;
-            Some((&c.extent, m.memory()))
-        }));
+        self.keep_dirty(cuts.iter().map(|c| (&c.extent, &c.payload)));
         // The kernel, in one ioctl for every kernel mapping involved: they lie
         // between the first and the last backed extent cut, and nothing else does.
         let mut backed = cuts
@@ -600,18 +597,11 @@ impl<B: Bitmap + DirtySink + Send + Sync + 'static> ShadowDomain<B> {
     /// unmaps, and a migration would miss the writes. Should the bits not be
     /// read, every page of the extents is marked: a page sent twice costs less
     /// than a page lost.
-    fn keep_dirty<'a>(&self, extents: impl Iterator<Item = (&'a Extent, &'a MmapSlice<B>)>) {
+    fn keep_dirty<'a>(&self, extents: impl Iterator<Item = (&'a Extent, &'a Backing<B>)>) {
         if !self.shared.dirty_tracking() {
             return;
         }
-        let runs = dirty::group(extents.map(|(e, slice)| {
-            (
-                e.iova,
-                e.len,
-                slice.region().bitmap(),
-                slice.offset() / crate::PAGE_SIZE,
-            )
-        }));
+        let runs = harvest_runs(extents);
         if runs.is_empty() {
             return;
         }
@@ -626,11 +616,7 @@ impl<B: Bitmap + DirtySink + Send + Sync + 'static> ShadowDomain<B> {
 
     /// [`ShadowDomain::keep_dirty`] for every mapping of the domain.
     fn keep_all_dirty(&self) {
-        self.keep_dirty(
-            self.map
-                .iter()
-                .filter_map(|(e, m)| Some((e, m.as_ref()?.memory()))),
-        );
+        self.keep_dirty(self.map.iter());
     }
 
     /// Reads which pages the domain's devices wrote and marks them, translated
@@ -639,17 +625,25 @@ impl<B: Bitmap + DirtySink + Send + Sync + 'static> ShadowDomain<B> {
     /// `IOMMU_HWPT_GET_DIRTY_BITMAP` per HWPT and run of IOVA-contiguous
     /// mappings; returns the number of dirty bits read.
     pub fn harvest_dirty(&self, flags: DirtyReadFlags) -> iommufd::Result<u64> {
-        let runs = dirty::group(self.map.iter().filter_map(|(e, m)| {
-            let slice = m.as_ref()?.memory();
-            Some((
-                e.iova,
-                e.len,
-                slice.region().bitmap(),
-                slice.offset() / crate::PAGE_SIZE,
-            ))
-        }));
-        dirty::harvest(&self.shared.hwpts(), &runs, flags)
+        dirty::harvest(&self.shared.hwpts(), &harvest_runs(self.map.iter()), flags)
     }
+}
+
+/// The runs of IOVA-contiguous kernel mappings among `extents` (in IOVA order),
+/// each piece with the dirty bitmap of its guest memory region and its first
+/// page there.
+fn harvest_runs<'a, B: Bitmap + Send + Sync + 'static>(
+    extents: impl Iterator<Item = (&'a Extent, &'a Backing<B>)>,
+) -> Vec<dirty::Harvest<'a, B>> {
+    dirty::group(extents.filter_map(|(e, m)| {
+        let slice = m.as_ref()?.memory();
+        Some((
+            e.iova,
+            e.len,
+            slice.region().bitmap(),
+            slice.offset() / crate::PAGE_SIZE,
+        ))
+    }))
 }
 
 impl<B: Bitmap + DirtySink + Send + Sync + 'static> Drop for ShadowDomain<B> {
