@@ -150,9 +150,7 @@ mod mock {
     fn shadow_domain_dirty_iovas_land_at_gpas() {
         let fd = open();
         let ram = ram::<DirtyLog>();
-        let mut domain = ShadowDomain::new(split_ioas(&fd), HwptFlags::DIRTY_TRACKING);
-        let mock = MockDevice::alloc(domain.ioas(), MockDeviceFlags::empty(), 1).expect("mock");
-        domain.attach(mock.device()).expect("attach");
+        let (mut domain, mock) = domain_with_mock(&fd);
         domain.set_dirty_tracking(true).expect("tracking on");
         // GIOVA 16 MiB -> the last 16 KiB of the first region, and right after it
         // GIOVA 16 MiB + 16 KiB -> GPA 20 MiB + 64 KiB: IOVA-contiguous, one read.
@@ -301,6 +299,15 @@ mod mock {
         drop(mock);
     }
 
+    /// A shadow domain that can track dirty pages (tracking off), with a mock
+    /// device attached.
+    fn domain_with_mock(fd: &Iommufd) -> (ShadowDomain<DirtyLog>, MockDevice) {
+        let mut domain = ShadowDomain::new(split_ioas(fd), HwptFlags::DIRTY_TRACKING);
+        let mock = MockDevice::alloc(domain.ioas(), MockDeviceFlags::empty(), 1).expect("mock");
+        domain.attach(mock.device()).expect("attach");
+        (domain, mock)
+    }
+
     /// Empties the regions' bitmaps.
     fn reset(ram: &GuestMemoryMmap<DirtyLog>) {
         ram.iter()
@@ -312,12 +319,16 @@ mod mock {
     fn shadow_domain_without_tracking_reads_no_dirty_bits_at_unmap() {
         let fd = open();
         let ram = ram::<DirtyLog>();
-        let mut domain = ShadowDomain::new(split_ioas(&fd), HwptFlags::DIRTY_TRACKING);
-        let mock = MockDevice::alloc(domain.ioas(), MockDeviceFlags::empty(), 1).expect("mock");
-        domain.attach(mock.device()).expect("attach");
+        let (mut domain, mock) = domain_with_mock(&fd);
         domain
             .map(&ram, 16 * MB, 17 * MB - 0x4000, 0x4000, MapFlags::RW)
             .expect("map");
+        // Written while tracking was on; tracking then stopped (the migration
+        // ended): an unmap reads nothing and marks nothing.
+        domain.set_dirty_tracking(true).expect("tracking on");
+        let hwpt = domain.hwpts().pop().expect("a HWPT");
+        dma_writes(&hwpt, &[16 * MB + 0x1000]);
+        domain.set_dirty_tracking(false).expect("tracking off");
         assert!(!domain.dirty_tracking());
         domain.unmap(16 * MB + 0x1000, 0x1000).expect("unmap");
         assert!(
